@@ -1,0 +1,162 @@
+package domain
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Event type names. They are stable: they are written into the stream, which
+// is kept forever.
+const (
+	EventKeyCreated            = "key.created"
+	EventKeyUpdated            = "key.updated"
+	EventKeyPermissionsChanged = "key.permissions_changed"
+	EventKeyRevoked            = "key.revoked"
+	EventKeyRotated            = "key.rotated"
+	EventPermissionDefined     = "permission.defined"
+	EventPermissionRetired     = "permission.retired"
+)
+
+// Subjects in the KEYD_EVENTS stream.
+const (
+	StreamName      = "KEYD_EVENTS"
+	EventSubjects   = "keyd.events.>"
+	CatalogSubject  = "keyd.events.permissions"
+	keySubjectStart = "keyd.events.keys."
+)
+
+// KeySubject is the subject that carries every event of one key. Writes to
+// it are serialized by optimistic concurrency on its last sequence.
+func KeySubject(orgID, keyID string) string {
+	return keySubjectStart + orgID + "." + keyID
+}
+
+// OrgEventsSubject is the audit stream filter of one organization.
+func OrgEventsSubject(orgID string) string {
+	return keySubjectStart + orgID + ".>"
+}
+
+// Actor is who caused an event.
+type Actor struct {
+	Type string `json:"type"` // "user", "service" or "system"
+	ID   string `json:"id"`
+}
+
+// Event is the envelope of every event in the stream. Data holds the
+// type-specific payload. Every key event's payload carries the full state of
+// the key after the event (field "key"), and every catalog event's payload the
+// full catalog after it (field "catalog"): loading an aggregate is one read
+// of the last message on its subject, never a scan of the stream.
+type Event struct {
+	ID         string          `json:"id"`
+	Type       string          `json:"type"`
+	OrgID      string          `json:"org_id,omitempty"`
+	KeyID      string          `json:"key_id,omitempty"`
+	OccurredAt time.Time       `json:"occurred_at"`
+	Actor      Actor           `json:"actor"`
+	CommandID  string          `json:"command_id,omitempty"`
+	Data       json.RawMessage `json:"data"`
+}
+
+// KeyCreatedData is the payload of key.created.
+type KeyCreatedData struct {
+	Key            KeyState `json:"key"`
+	RotatedFrom    string   `json:"rotated_from,omitempty"`
+	IdempotencyKey string   `json:"idempotency_key,omitempty"`
+}
+
+// KeyUpdatedData is the payload of key.updated: the fields that changed.
+type KeyUpdatedData struct {
+	Name     *string           `json:"name,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+	Key      KeyState          `json:"key"`
+}
+
+// KeyPermissionsChangedData is the payload of key.permissions_changed.
+type KeyPermissionsChangedData struct {
+	Permissions []string `json:"permissions"`
+	Previous    []string `json:"previous"`
+	Key         KeyState `json:"key"`
+}
+
+// KeyRevokedData is the payload of key.revoked.
+type KeyRevokedData struct {
+	Reason string   `json:"reason,omitempty"`
+	Key    KeyState `json:"key"`
+}
+
+// KeyRotatedData is the payload of key.rotated, on the old key: it now
+// expires at ExpiresAt and was replaced by NewKeyID.
+type KeyRotatedData struct {
+	NewKeyID           string    `json:"new_key_id"`
+	GracePeriodSeconds int64     `json:"grace_period_seconds"`
+	ExpiresAt          time.Time `json:"expires_at"`
+	Key                KeyState  `json:"key"`
+}
+
+// PermissionEventData is the payload of permission.defined and
+// permission.retired.
+type PermissionEventData struct {
+	Permission Permission   `json:"permission"`
+	Catalog    []Permission `json:"catalog"`
+}
+
+// DecodeEvent parses an event envelope and checks what every consumer relies
+// on: a known type, an id, and for key events a valid org and key id.
+func DecodeEvent(b []byte) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(b, &e); err != nil {
+		return Event{}, Errorf(EInvalid, "event is not valid JSON: %v", err)
+	}
+	if e.ID == "" {
+		return Event{}, Errorf(EInvalid, "event has no id")
+	}
+	switch e.Type {
+	case EventKeyCreated, EventKeyUpdated, EventKeyPermissionsChanged, EventKeyRevoked, EventKeyRotated:
+		if !ValidOrgID(e.OrgID) || !ValidKeyID(e.KeyID) {
+			return Event{}, Errorf(EInvalid, "key event %s has an invalid org_id or key_id", e.ID)
+		}
+	case EventPermissionDefined, EventPermissionRetired:
+	default:
+		return Event{}, Errorf(EInvalid, "event %s has unknown type %q", e.ID, e.Type)
+	}
+	return e, nil
+}
+
+// IsKeyEvent reports whether the event belongs to a key.
+func (e Event) IsKeyEvent() bool {
+	switch e.Type {
+	case EventKeyCreated, EventKeyUpdated, EventKeyPermissionsChanged, EventKeyRevoked, EventKeyRotated:
+		return true
+	}
+	return false
+}
+
+// KeyState returns the state of the key after this key event.
+func (e Event) KeyState() (KeyState, error) {
+	if !e.IsKeyEvent() {
+		return KeyState{}, Errorf(EInvalid, "event %s (%s) is not a key event", e.ID, e.Type)
+	}
+	var d struct {
+		Key *KeyState `json:"key"`
+	}
+	if err := json.Unmarshal(e.Data, &d); err != nil || d.Key == nil {
+		return KeyState{}, Errorf(EInvalid, "event %s (%s) carries no key state", e.ID, e.Type)
+	}
+	if d.Key.ID != e.KeyID || d.Key.OrgID != e.OrgID || d.Key.Version < 1 {
+		return KeyState{}, Errorf(EInvalid, "event %s carries the state of another key", e.ID)
+	}
+	return *d.Key, nil
+}
+
+// Catalog returns the permission catalog after this catalog event.
+func (e Event) Catalog() (Catalog, error) {
+	if e.Type != EventPermissionDefined && e.Type != EventPermissionRetired {
+		return Catalog{}, Errorf(EInvalid, "event %s (%s) is not a catalog event", e.ID, e.Type)
+	}
+	var d PermissionEventData
+	if err := json.Unmarshal(e.Data, &d); err != nil {
+		return Catalog{}, Errorf(EInvalid, "event %s carries no catalog", e.ID)
+	}
+	return NewCatalog(d.Catalog), nil
+}

@@ -1,0 +1,128 @@
+package domain
+
+import (
+	"slices"
+	"strings"
+	"unicode/utf8"
+)
+
+// Permission statuses.
+const (
+	PermissionActive  = "active"
+	PermissionRetired = "retired"
+)
+
+// Catalog limits: the whole catalog travels in each catalog event, so it is
+// bounded to stay well under the NATS payload limit.
+const (
+	MaxPermissions       = 1000
+	MaxDescriptionLength = 500
+)
+
+// Permission is one entry of the catalog the product offers.
+type Permission struct {
+	Slug        string `json:"slug"`
+	Description string `json:"description"`
+	Status      string `json:"status"`
+}
+
+// Catalog is the set of permissions, by slug. The zero value is empty.
+type Catalog struct {
+	bySlug map[string]Permission
+}
+
+// NewCatalog builds a catalog from a list.
+func NewCatalog(list []Permission) Catalog {
+	c := Catalog{bySlug: make(map[string]Permission, len(list))}
+	for _, p := range list {
+		c.bySlug[p.Slug] = p
+	}
+	return c
+}
+
+// Get returns the permission with the slug.
+func (c Catalog) Get(slug string) (Permission, bool) {
+	p, ok := c.bySlug[slug]
+	return p, ok
+}
+
+// List returns every permission sorted by slug.
+func (c Catalog) List() []Permission {
+	out := make([]Permission, 0, len(c.bySlug))
+	for _, p := range c.bySlug {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Permission) int { return strings.Compare(a.Slug, b.Slug) })
+	return out
+}
+
+// Len returns the number of permissions, retired ones included.
+func (c Catalog) Len() int { return len(c.bySlug) }
+
+// CheckGrantable returns invalid_argument unless every slug is defined and
+// active.
+func (c Catalog) CheckGrantable(slugs []string) error {
+	for _, s := range slugs {
+		p, ok := c.bySlug[s]
+		if !ok {
+			return Errorf(EInvalid, "permission %q is not defined", s)
+		}
+		if p.Status != PermissionActive {
+			return Errorf(EInvalid, "permission %q is retired and can no longer be granted", s)
+		}
+	}
+	return nil
+}
+
+// Define decides the effect of defining slug with description. changed is
+// false when the permission already exists with that description.
+// Errors: invalid_argument for a bad slug or description, failed_precondition
+// for a retired slug (retired slugs are never reused, so keys that held one
+// cannot silently regain it), failed_precondition when the catalog is full.
+func (c Catalog) Define(slug, description string) (p Permission, next Catalog, changed bool, err error) {
+	if !ValidSlug(slug) {
+		return Permission{}, c, false, Errorf(EInvalid, "permission slug %q must match ^[a-z0-9][a-z0-9_.:-]{0,127}$", slug)
+	}
+	if !utf8.ValidString(description) || utf8.RuneCountInString(description) > MaxDescriptionLength {
+		return Permission{}, c, false, Errorf(EInvalid, "description must be valid UTF-8 of at most %d characters", MaxDescriptionLength)
+	}
+	old, ok := c.bySlug[slug]
+	if ok && old.Status == PermissionRetired {
+		return Permission{}, c, false, Errorf(EPrecondition, "permission %q was retired; retired slugs cannot be defined again", slug)
+	}
+	if ok && old.Description == description {
+		return old, c, false, nil
+	}
+	if !ok && len(c.bySlug) >= MaxPermissions {
+		return Permission{}, c, false, Errorf(EPrecondition, "the catalog already holds %d permissions, the maximum", MaxPermissions)
+	}
+	p = Permission{Slug: slug, Description: description, Status: PermissionActive}
+	return p, c.with(p), true, nil
+}
+
+// Retire decides the effect of retiring slug. changed is false when it is
+// already retired. Errors: invalid_argument for a bad slug, not_found for an
+// unknown one.
+func (c Catalog) Retire(slug string) (p Permission, next Catalog, changed bool, err error) {
+	if !ValidSlug(slug) {
+		return Permission{}, c, false, Errorf(EInvalid, "permission slug %q must match ^[a-z0-9][a-z0-9_.:-]{0,127}$", slug)
+	}
+	old, ok := c.bySlug[slug]
+	if !ok {
+		return Permission{}, c, false, Errorf(ENotFound, "permission %q is not defined", slug)
+	}
+	if old.Status == PermissionRetired {
+		return old, c, false, nil
+	}
+	p = Permission{Slug: slug, Description: old.Description, Status: PermissionRetired}
+	return p, c.with(p), true, nil
+}
+
+func (c Catalog) with(p Permission) Catalog {
+	n := Catalog{bySlug: make(map[string]Permission, len(c.bySlug)+1)}
+	for k, v := range c.bySlug {
+		n.bySlug[k] = v
+	}
+	n.bySlug[p.Slug] = p
+	return n
+}
