@@ -1,0 +1,132 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func createStream(t *testing.T, js jetstream.JetStream, replicas int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "T", Subjects: []string{"t.>"}, Replicas: replicas,
+	}); err != nil {
+		t.Fatalf("create stream: %v", err)
+	}
+}
+
+func publish(t *testing.T, js jetstream.JetStream, n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for range n {
+		if _, err := js.Publish(ctx, "t.x", []byte("x")); err != nil {
+			t.Fatalf("publish: %v", err)
+		}
+	}
+}
+
+func streamMsgs(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, "T")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	return info.State.Msgs
+}
+
+func TestJetStream(t *testing.T) {
+	s, nc := JetStream(t)
+	if !nc.IsConnected() || nc.ConnectedUrl() != s.ClientURL() {
+		t.Fatalf("conn to %q, server at %q", nc.ConnectedUrl(), s.ClientURL())
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	createStream(t, js, 1)
+	publish(t, js, 3)
+	if n := streamMsgs(t, js); n != 3 {
+		t.Fatalf("stream has %d messages, want 3", n)
+	}
+}
+
+// A server restarted on the same store dir still has the stream.
+func TestStartJetStreamRestart(t *testing.T) {
+	dir := t.TempDir()
+	s1 := StartJetStream(t, dir)
+	nc1, err := nats.Connect(s1.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js1, _ := jetstream.New(nc1)
+	createStream(t, js1, 1)
+	publish(t, js1, 5)
+	nc1.Close()
+	ShutdownServer(s1)
+
+	s2 := StartJetStream(t, dir)
+	nc2, err := nats.Connect(s2.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc2.Close()
+	js2, _ := jetstream.New(nc2)
+	if n := streamMsgs(t, js2); n != 5 {
+		t.Fatalf("after restart the stream has %d messages, want 5", n)
+	}
+}
+
+func TestCluster3(t *testing.T) {
+	start := time.Now()
+	urls, servers := Cluster3(t)
+	t.Logf("cluster up in %s: %v", time.Since(start).Round(time.Millisecond), urls)
+	if len(urls) != 3 || len(servers) != 3 {
+		t.Fatalf("got %d urls, %d servers", len(urls), len(servers))
+	}
+	leaders := 0
+	for _, s := range servers {
+		if s.JetStreamIsLeader() {
+			leaders++
+		}
+	}
+	if leaders != 1 {
+		t.Fatalf("%d meta leaders, want 1", leaders)
+	}
+	nc, err := nats.Connect(urls[0]+","+urls[1]+","+urls[2],
+		nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	createStream(t, js, 3)
+	publish(t, js, 3)
+
+	// Losing one node keeps the stream writable.
+	ShutdownServer(servers[0])
+	err = poll(30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.Publish(ctx, "t.x", []byte("x"))
+		return err == nil || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse))
+	})
+	if err != nil {
+		t.Fatalf("publish after losing a node: %v", err)
+	}
+	if n := streamMsgs(t, js); n < 4 {
+		t.Fatalf("stream has %d messages, want at least 4", n)
+	}
+}
