@@ -1,0 +1,164 @@
+// Package natscmd answers keyd's commands over NATS request/reply.
+//
+// Subjects: keyd.cmd.keys.<org>.<command> (create, revoke, set_permissions,
+// update, rotate) and keyd.cmd.permissions.<command> (define, retire), in the
+// queue group "keyd" so several keyd processes share the load. Every request
+// that carries a reply subject gets exactly one reply: the command's JSON
+// result, or {"error": {"code", "message"}}. A request may carry the header
+// Keyd-Command-Id: retrying it with the same id never appends twice.
+package natscmd
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/keyd-dev/keyd/adapters/commands"
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// Subject and queue group the responder listens on.
+const (
+	Subject    = "keyd.cmd.>"
+	QueueGroup = "keyd"
+	// CommandIDHeader lets a client make its retries idempotent.
+	CommandIDHeader = "Keyd-Command-Id"
+	// ErrorCodeHeader is set on error replies, so clients can branch without
+	// parsing the body.
+	ErrorCodeHeader = "Keyd-Error-Code"
+)
+
+// Responder subscribes to the command subjects and runs each request on the
+// Runner, up to MaxInFlight at once.
+type Responder struct {
+	Conn        *nats.Conn
+	Runner      *commands.Runner
+	Log         *slog.Logger
+	MaxInFlight int           // default 256
+	Timeout     time.Duration // per command, default 15s
+
+	sub      *nats.Subscription
+	sem      chan struct{}
+	inflight sync.WaitGroup
+}
+
+// Start subscribes. Requests are handled until Stop.
+func (r *Responder) Start() error {
+	n := r.MaxInFlight
+	if n <= 0 {
+		n = 256
+	}
+	r.sem = make(chan struct{}, n)
+	sub, err := r.Conn.QueueSubscribe(Subject, QueueGroup, func(m *nats.Msg) {
+		r.sem <- struct{}{}
+		r.inflight.Add(1)
+		go func() {
+			defer func() { <-r.sem; r.inflight.Done() }()
+			r.handle(m)
+		}()
+	})
+	if err != nil {
+		return err
+	}
+	// Commands are small; a burst must not be dropped as a slow consumer.
+	if err := sub.SetPendingLimits(100_000, 256<<20); err != nil {
+		return err
+	}
+	r.sub = sub
+	return r.Conn.Flush()
+}
+
+// Stop stops taking requests and waits (until ctx ends) for those in flight.
+func (r *Responder) Stop(ctx context.Context) {
+	if r.sub != nil {
+		_ = r.sub.Drain()
+	}
+	done := make(chan struct{})
+	go func() { r.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// Parse splits a command subject into organization (empty for catalog
+// commands) and command name.
+func Parse(subject string) (org, name string, err error) {
+	parts := strings.Split(subject, ".")
+	switch {
+	case len(parts) == 5 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "keys":
+		if !domain.ValidOrgID(parts[3]) {
+			return "", "", domain.Errorf(domain.EInvalid, "organization id %q in the subject must match ^[A-Za-z0-9_-]{1,64}$", parts[3])
+		}
+		if !commands.IsKeyCommand(parts[4]) {
+			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update or rotate", parts[4])
+		}
+		return parts[3], parts[4], nil
+	case len(parts) == 4 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "permissions":
+		if !commands.IsCatalogCommand(parts[3]) {
+			return "", "", domain.Errorf(domain.EInvalid, "unknown permission command %q; use define or retire", parts[3])
+		}
+		return "", parts[3], nil
+	}
+	return "", "", domain.Errorf(domain.EInvalid, "unknown command subject %q; use keyd.cmd.keys.<org>.<command> or keyd.cmd.permissions.<command>", subject)
+}
+
+func (r *Responder) handle(m *nats.Msg) {
+	if m.Reply == "" {
+		// Nobody to answer: a publish, not a request. Nothing is run, so a
+		// fire-and-forget command can't change state unseen.
+		r.Log.Warn("command without a reply subject ignored", "subject", m.Subject)
+		return
+	}
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = 15 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+
+	reply, err := r.run(ctx, m)
+	var body []byte
+	out := nats.NewMsg(m.Reply)
+	if err != nil {
+		code := domain.ErrorCode(err)
+		body, _ = json.Marshal(errorReply{Error: errorBody{Code: code, Message: domain.ErrorMessage(err)}})
+		out.Header.Set(ErrorCodeHeader, code)
+	} else if body, err = json.Marshal(reply); err != nil {
+		body, _ = json.Marshal(errorReply{Error: errorBody{Code: domain.EInternal, Message: "internal error"}})
+		out.Header.Set(ErrorCodeHeader, domain.EInternal)
+	}
+	out.Data = body
+	if err := m.RespondMsg(out); err != nil {
+		r.Log.Warn("command reply not sent", "subject", m.Subject, "err", err)
+	}
+}
+
+func (r *Responder) run(ctx context.Context, m *nats.Msg) (any, error) {
+	if len(m.Data) > domain.MaxCommandBytes {
+		return nil, domain.Errorf(domain.ETooLarge, "request is %d bytes; at most %d bytes are accepted", len(m.Data), domain.MaxCommandBytes)
+	}
+	org, name, err := Parse(m.Subject)
+	if err != nil {
+		return nil, err
+	}
+	var o commands.Override
+	if m.Header != nil {
+		o.CommandID = m.Header.Get(CommandIDHeader)
+	}
+	return r.Runner.Run(ctx, name, org, m.Data, o)
+}
+
+type errorReply struct {
+	Error errorBody `json:"error"`
+}
+
+type errorBody struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
