@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keyd-dev/keyd/adapters/commands"
+	"github.com/keyd-dev/keyd/adapters/httpapi"
+	"github.com/keyd-dev/keyd/adapters/metrics"
+	"github.com/keyd-dev/keyd/adapters/natscmd"
+	"github.com/keyd-dev/keyd/adapters/postgres"
+	"github.com/keyd-dev/keyd/adapters/widget"
+	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
+	"github.com/keyd-dev/keyd/migrations"
+	"github.com/keyd-dev/keyd/projections"
+	"github.com/keyd-dev/keyd/verifier"
+)
+
+// App is one running keyd process: command responders, projector (leader or
+// standby), verifier and HTTP server, over one NATS connection and one
+// Postgres pool.
+type App struct {
+	cfg    Config
+	log    *slog.Logger
+	dev    bool
+	secret []byte
+
+	NC        *nats.Conn
+	JS        jetstream.JetStream
+	Store     *eventstore.JetStream
+	Pool      *pgxpool.Pool
+	Reads     *postgres.ReadModel
+	Projector *projections.Projector
+	Verifier  *verifier.Verifier
+	Service   *domain.Service
+	Runner    *commands.Runner
+	Metrics   *metrics.Metrics
+	Sessions  *httpapi.Sessions
+
+	responder *natscmd.Responder
+	http      *http.Server
+	// HTTPAddr is the address the HTTP server listens on.
+	HTTPAddr string
+	// NATSURL is the URL clients use to reach NATS.
+	NATSURL string
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// start builds and starts everything on an established NATS connection.
+func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) error {
+	a.NC = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	a.JS = js
+	bg, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+
+	initCtx, initCancel := context.WithTimeout(ctx, 30*time.Second)
+	defer initCancel()
+	stream, err := eventstore.EnsureStream(initCtx, js, a.cfg.StreamReplicas)
+	if err != nil {
+		return fmt.Errorf("setting up stream %s: %w", domain.StreamName, err)
+	}
+	a.Store = eventstore.NewJetStream(js, nc, stream)
+	idem, err := eventstore.NewKVIdempotency(initCtx, js, a.cfg.StreamReplicas)
+	if err != nil {
+		return fmt.Errorf("setting up the idempotency bucket: %w", err)
+	}
+
+	a.Pool, err = postgres.Open(initCtx, a.cfg.DatabaseURL)
+	if err != nil {
+		return err
+	}
+	if _, err := migrations.Apply(initCtx, a.Pool, a.log); err != nil {
+		return fmt.Errorf("applying migrations: %w", err)
+	}
+	a.Reads = postgres.NewReadModel(a.Pool, time.Now)
+	a.Metrics = metrics.New()
+
+	a.Projector = projections.NewProjector(a.Pool, js, a.log)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := a.Projector.Run(bg); err != nil && !errors.Is(err, context.Canceled) {
+			a.log.Error("projector stopped", "err", err)
+		}
+	}()
+
+	digester := domain.NewDigester(a.secret)
+	a.Verifier = verifier.New(verifier.Config{
+		Pool: a.Pool, JS: js, Conn: nc, Digester: digester, Now: time.Now,
+		MaxStaleness: a.cfg.VerifierMaxStaleness, Log: a.log,
+	})
+	if err := a.Verifier.Start(bg); err != nil {
+		return fmt.Errorf("starting the verifier: %w", err)
+	}
+
+	a.Service = &domain.Service{
+		Store: a.Store, Idempotency: idem, Digester: digester, Prefix: a.cfg.KeyPrefix,
+		Now: time.Now, Rand: rand.Reader,
+	}
+	a.Runner = &commands.Runner{
+		Service: a.Service, Metrics: a.Metrics, Log: a.log,
+		WaitApplied: func(ctx context.Context, seq uint64) error {
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			return a.Verifier.WaitApplied(ctx, seq)
+		},
+	}
+	a.registerGauges()
+
+	a.responder = &natscmd.Responder{Conn: nc, Runner: a.Runner, Log: a.log}
+	if err := a.responder.Start(); err != nil {
+		return fmt.Errorf("subscribing to commands: %w", err)
+	}
+
+	a.Sessions = httpapi.NewSessions(domain.DeriveKey(a.secret, "keyd widget session v1"), time.Now)
+	api := &httpapi.Server{
+		Runner: a.Runner, Reads: a.Reads, AdminToken: a.cfg.AdminToken, Sessions: a.Sessions,
+		Metrics: a.Metrics, Ready: a.ready, WidgetOrigins: a.cfg.widgetOrigins(),
+		AllowLocalhostOrigins: a.dev, Log: a.log, Verifier: a.Verifier,
+		Extra: func(mux *http.ServeMux) {
+			mux.Handle("GET /widget/keyd-api-keys.js", widget.ScriptHandler())
+			if a.dev {
+				mux.Handle("GET /widget/demo", widget.DemoHandler(func(ctx context.Context) (string, string, error) {
+					tok, _, err := a.Sessions.Issue(demoOrg, "demo-admin", time.Hour)
+					return tok, demoOrg, err
+				}))
+			}
+		},
+	}
+	a.http = &http.Server{
+		Handler:           api.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+	}
+	a.HTTPAddr = httpLn.Addr().String()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := a.http.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("http server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// demoOrg is the organization of the widget demo page in keyd dev.
+const demoOrg = "demo-org"
+
+func (a *App) registerGauges() {
+	m := a.Metrics
+	m.Gauge("keyd_projection_applied_sequence", "Last stream sequence the read-model projection applied (as seen by this process).", func() float64 {
+		return float64(a.Projector.Status().Applied)
+	})
+	m.Gauge("keyd_projection_lag_events", "Events in the stream not yet applied by the read-model projection (leader only).", func() float64 {
+		return float64(a.Projector.Status().LagEvents)
+	})
+	m.Gauge("keyd_projection_lag_seconds", "Age of the oldest event not yet applied by the read-model projection (leader only).", func() float64 {
+		return a.Projector.Status().LagSeconds
+	})
+	m.Gauge("keyd_projection_stopped", "1 when the projection stopped on an event it cannot apply.", func() float64 {
+		if a.Projector.Status().Err != nil {
+			return 1
+		}
+		return 0
+	})
+	m.Gauge("keyd_projection_leader", "1 when this process writes the read models.", func() float64 {
+		if a.Projector.Status().Leader {
+			return 1
+		}
+		return 0
+	})
+	m.Gauge("keyd_verifier_applied_sequence", "Last stream sequence the in-memory verifier applied.", func() float64 {
+		return float64(a.Verifier.Status().Applied)
+	})
+	m.Gauge("keyd_verifier_stale", "1 when the verifier has been cut off from the stream longer than --verifier-max-staleness.", func() float64 {
+		if a.Verifier.Status().Stale {
+			return 1
+		}
+		return 0
+	})
+	m.Gauge("keyd_verifier_keys", "Keys held by the in-memory verifier.", func() float64 {
+		return float64(a.Verifier.Status().Keys)
+	})
+}
+
+// ready reports readiness: NATS connected, Postgres answering, projection
+// not stopped, verifier caught up and not stale.
+func (a *App) ready(ctx context.Context) (bool, map[string]any) {
+	ok := true
+	detail := map[string]any{}
+	if a.NC.IsConnected() {
+		detail["nats"] = "ok"
+	} else {
+		ok = false
+		detail["nats"] = "disconnected"
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := a.Pool.Ping(pctx); err != nil {
+		ok = false
+		detail["postgres"] = "unreachable"
+	} else {
+		detail["postgres"] = "ok"
+	}
+	ps := a.Projector.Status()
+	proj := map[string]any{"leader": ps.Leader, "applied": ps.Applied, "lag_events": ps.LagEvents}
+	if ps.Err != nil {
+		ok = false
+		proj["error"] = ps.Err.Error()
+	}
+	detail["projection"] = proj
+	vs := a.Verifier.Status()
+	ver := map[string]any{"ready": vs.Ready, "stale": vs.Stale, "applied": vs.Applied, "keys": vs.Keys}
+	if !vs.Ready || vs.Stale {
+		ok = false
+	}
+	detail["verifier"] = ver
+	return ok, detail
+}
+
+// Close stops everything in reverse order: HTTP, commands, background work,
+// then the connections.
+func (a *App) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if a.http != nil {
+		_ = a.http.Shutdown(ctx)
+	}
+	if a.responder != nil {
+		a.responder.Stop(ctx)
+	}
+	if a.Verifier != nil {
+		_ = a.Verifier.FlushLastUsed(ctx)
+	}
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.wg.Wait()
+	if a.Verifier != nil {
+		a.Verifier.Close()
+	}
+	if a.NC != nil {
+		_ = a.NC.Drain()
+	}
+	if a.Pool != nil {
+		a.Pool.Close()
+	}
+}
+
+func jetstreamNew(nc *nats.Conn) (jetstream.JetStream, error) { return jetstream.New(nc) }
