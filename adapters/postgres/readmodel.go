@@ -1,0 +1,376 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// CheckpointName is the projection_checkpoints row of the read models; the
+// projector writes it in the same transaction as the rows it changes.
+const CheckpointName = "read_models"
+
+// Limits of the list methods.
+const (
+	DefaultKeyLimit   = 50
+	MaxKeyLimit       = 100
+	DefaultEventLimit = 100
+	MaxEventLimit     = 1000
+)
+
+// Polling of WaitForSequence.
+const (
+	waitPollStart = 2 * time.Millisecond
+	waitPollMax   = 25 * time.Millisecond
+)
+
+// ReadModel reads the read models the projector keeps in PostgreSQL
+// (migrations/0001_read_models.sql), and records when keys were last used.
+// It is safe for concurrent use.
+type ReadModel struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+}
+
+// NewReadModel returns a ReadModel over pool. now is the clock a key's
+// expiry is judged by (nil: time.Now).
+func NewReadModel(pool *pgxpool.Pool, now func() time.Time) *ReadModel {
+	if now == nil {
+		now = time.Now
+	}
+	return &ReadModel{pool: pool, now: now}
+}
+
+// KeyFilter selects a page of keys.
+type KeyFilter struct {
+	// Status is "" or "all", "active", "revoked" or "expired".
+	Status string
+	// Limit is the page size, 1 to 100; 0 means 50.
+	Limit int
+	// Cursor is "" for the first page, else the next cursor of the previous page.
+	Cursor string
+}
+
+// keyColumns are the columns keyRow scans, in its field order.
+const keyColumns = `key_id, org_id, name, owner_type, owner_id, mask, permissions, status,
+	created_at, expires_at, revoked_at, last_used_at, metadata, version`
+
+type keyRow struct {
+	KeyID       string
+	OrgID       string
+	Name        string
+	OwnerType   string
+	OwnerID     string
+	Mask        string
+	Permissions []string
+	Status      string
+	CreatedAt   time.Time
+	ExpiresAt   *time.Time
+	RevokedAt   *time.Time
+	LastUsedAt  *time.Time
+	Metadata    map[string]string
+	Version     int64
+}
+
+func (r keyRow) view(now time.Time) domain.KeyView {
+	k := domain.KeyState{
+		ID: r.KeyID, OrgID: r.OrgID, Name: r.Name,
+		Owner: domain.Owner{Type: r.OwnerType, ID: r.OwnerID},
+		Mask:  r.Mask, Permissions: r.Permissions, Status: r.Status,
+		CreatedAt: r.CreatedAt.UTC(), ExpiresAt: utc(r.ExpiresAt), RevokedAt: utc(r.RevokedAt),
+		Metadata: r.Metadata, Version: r.Version,
+	}
+	return k.View(now, utc(r.LastUsedAt))
+}
+
+func utc(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// ListKeys returns a page of the organization's keys, newest first, and the
+// cursor of the next page ("" when this is the last one). Paging is by key id
+// (keyset), so keys created while a client pages neither shift nor repeat
+// the pages after the first; they appear on a new first page.
+//
+// A key's status is judged at the ReadModel's clock: an active key whose
+// expires_at is at or before now is "expired".
+//
+// Errors: invalid_argument for an unknown status, a limit outside 1..100 or a
+// cursor that ListKeys did not return; other errors are database failures.
+func (r *ReadModel) ListKeys(ctx context.Context, org string, f KeyFilter) (keys []domain.KeyView, next string, err error) {
+	limit := f.Limit
+	switch {
+	case limit == 0:
+		limit = DefaultKeyLimit
+	case limit < 1 || limit > MaxKeyLimit:
+		return nil, "", domain.Errorf(domain.EInvalid, "limit must be between 1 and %d, got %d", MaxKeyLimit, f.Limit)
+	}
+	now := r.now()
+
+	// Every piece of SQL below is a constant; values go in as parameters.
+	q := "SELECT " + keyColumns + " FROM keys WHERE org_id = $1"
+	args := []any{org}
+	switch f.Status {
+	case "", "all":
+	case domain.StatusActive:
+		args = append(args, now)
+		q += " AND status = 'active' AND (expires_at IS NULL OR expires_at > $2)"
+	case domain.StatusRevoked:
+		q += " AND status = 'revoked'"
+	case domain.StatusExpired:
+		args = append(args, now)
+		q += " AND status = 'active' AND expires_at <= $2"
+	default:
+		return nil, "", domain.Errorf(domain.EInvalid, "status must be one of all, active, revoked or expired, got %q", f.Status)
+	}
+	if f.Cursor != "" {
+		after, ok := decodeCursor(f.Cursor)
+		if !ok {
+			return nil, "", domain.Errorf(domain.EInvalid, "cursor is not valid")
+		}
+		args = append(args, after)
+		q += " AND key_id < $" + strconv.Itoa(len(args))
+	}
+	args = append(args, limit+1)
+	q += " ORDER BY key_id DESC LIMIT $" + strconv.Itoa(len(args))
+
+	rows, err := r.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("list keys of organization %s: %w", org, err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[keyRow])
+	if err != nil {
+		return nil, "", fmt.Errorf("list keys of organization %s: %w", org, err)
+	}
+	if len(found) > limit {
+		found = found[:limit]
+		next = encodeCursor(found[limit-1].KeyID)
+	}
+	keys = make([]domain.KeyView, len(found))
+	for i, row := range found {
+		keys[i] = row.view(now)
+	}
+	return keys, next, nil
+}
+
+func encodeCursor(keyID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(keyID))
+}
+
+func decodeCursor(c string) (keyID string, ok bool) {
+	b, err := base64.RawURLEncoding.DecodeString(c)
+	if err != nil || !domain.ValidKeyID(string(b)) {
+		return "", false
+	}
+	return string(b), true
+}
+
+// GetKey returns one key of the organization, its status judged at the
+// ReadModel's clock.
+//
+// Errors: not_found when the organization has no key with that id (a key of
+// another organization included); other errors are database failures.
+func (r *ReadModel) GetKey(ctx context.Context, org, keyID string) (domain.KeyView, error) {
+	rows, err := r.pool.Query(ctx, "SELECT "+keyColumns+" FROM keys WHERE org_id = $1 AND key_id = $2", org, keyID)
+	if err != nil {
+		return domain.KeyView{}, fmt.Errorf("get key %s: %w", keyID, err)
+	}
+	row, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[keyRow])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return domain.KeyView{}, domain.Errorf(domain.ENotFound, "key %s not found in organization %s", keyID, org)
+	}
+	if err != nil {
+		return domain.KeyView{}, fmt.Errorf("get key %s: %w", keyID, err)
+	}
+	return row.view(r.now()), nil
+}
+
+// ListEvents returns the organization's audit events with a stream sequence
+// above after, oldest first, at most limit (1 to 1000; 0 means 100). Each is
+// the stored event envelope with "sequence" added as its first member.
+// nextAfter is the sequence of the last event returned, or after when none
+// is: pass it as the next call's after.
+//
+// Errors: invalid_argument for a limit out of range; other errors are
+// database failures.
+func (r *ReadModel) ListEvents(ctx context.Context, org string, after uint64, limit int) (events []json.RawMessage, nextAfter uint64, err error) {
+	switch {
+	case limit == 0:
+		limit = DefaultEventLimit
+	case limit < 1 || limit > MaxEventLimit:
+		return nil, after, domain.Errorf(domain.EInvalid, "limit must be between 1 and %d, got %d", MaxEventLimit, limit)
+	}
+	events = []json.RawMessage{}
+	if after >= math.MaxInt64 { // no bigint sequence lies above it
+		return events, after, nil
+	}
+	rows, err := r.pool.Query(ctx,
+		"SELECT seq, envelope::text FROM audit_events WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+		org, int64(after), limit)
+	if err != nil {
+		return nil, after, fmt.Errorf("list events of organization %s: %w", org, err)
+	}
+	type eventRow struct {
+		Seq      int64
+		Envelope string
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[eventRow])
+	if err != nil {
+		return nil, after, fmt.Errorf("list events of organization %s: %w", org, err)
+	}
+	nextAfter = after
+	for _, e := range found {
+		msg, err := withSequence(uint64(e.Seq), []byte(e.Envelope))
+		if err != nil {
+			return nil, after, fmt.Errorf("audit event %d of organization %s: %w", e.Seq, org, err)
+		}
+		events = append(events, msg)
+		nextAfter = uint64(e.Seq)
+	}
+	return events, nextAfter, nil
+}
+
+// withSequence returns the JSON object envelope with "sequence": seq
+// inserted as its first member.
+func withSequence(seq uint64, envelope []byte) (json.RawMessage, error) {
+	body := bytes.TrimSpace(envelope)
+	if len(body) < 2 || body[0] != '{' || body[len(body)-1] != '}' {
+		return nil, errors.New("stored envelope is not a JSON object")
+	}
+	rest := bytes.TrimSpace(body[1:])
+	out := make([]byte, 0, len(body)+32)
+	out = append(out, `{"sequence":`...)
+	out = strconv.AppendUint(out, seq, 10)
+	if len(rest) > 1 { // more than the closing brace
+		out = append(out, ',')
+	}
+	out = append(out, rest...)
+	return out, nil
+}
+
+// ListPermissions returns the permission catalog, retired permissions
+// included, sorted by slug (byte order). Errors are database failures.
+func (r *ReadModel) ListPermissions(ctx context.Context) ([]domain.Permission, error) {
+	rows, err := r.pool.Query(ctx, `SELECT slug, description, status FROM permissions ORDER BY slug COLLATE "C"`)
+	if err != nil {
+		return nil, fmt.Errorf("list permissions: %w", err)
+	}
+	perms, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.Permission])
+	if err != nil {
+		return nil, fmt.Errorf("list permissions: %w", err)
+	}
+	if perms == nil {
+		perms = []domain.Permission{}
+	}
+	return perms, nil
+}
+
+// AppliedSequence returns the last stream sequence the read models applied
+// (0 before the first). Errors are database failures.
+func (r *ReadModel) AppliedSequence(ctx context.Context) (uint64, error) {
+	var seq int64
+	err := r.pool.QueryRow(ctx, "SELECT last_seq FROM projection_checkpoints WHERE name = $1", CheckpointName).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the read models' applied sequence: %w", err)
+	}
+	if seq < 0 {
+		return 0, nil
+	}
+	return uint64(seq), nil
+}
+
+// WaitForSequence waits until the read models have applied stream sequence
+// seq, for at most max, and returns the applied sequence. It polls, every
+// 2 ms at first and backing off to every 25 ms.
+//
+// Errors: unavailable when max passes first; ctx.Err() when ctx ends first;
+// other errors are database failures.
+func (r *ReadModel) WaitForSequence(ctx context.Context, seq uint64, max time.Duration) (applied uint64, err error) {
+	deadline := time.Now().Add(max)
+	poll := waitPollStart
+	var timer *time.Timer
+	for {
+		applied, err = r.AppliedSequence(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return applied, ctx.Err()
+			}
+			return applied, err
+		}
+		if applied >= seq {
+			return applied, nil
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return applied, domain.Errorf(domain.EUnavailable, "read model has applied sequence %d, not yet %d; retry", applied, seq)
+		}
+		wait := min(poll, left)
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-ctx.Done():
+			return applied, ctx.Err()
+		case <-timer.C:
+		}
+		poll = min(2*poll, waitPollMax)
+	}
+}
+
+// RecordLastUsed sets keys' last_used_at to the given times, in one
+// statement, never moving a last_used_at backwards. Ids of keys not in the
+// read model are ignored. Errors are database failures.
+func (r *ReadModel) RecordLastUsed(ctx context.Context, used map[string]time.Time) error {
+	if len(used) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(used))
+	for id := range used {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	times := make([]time.Time, len(ids))
+	for i, id := range ids {
+		times[i] = used[id].UTC()
+	}
+	// Rows are locked in key id order, so concurrent flushes of
+	// overlapping batches (several verifiers) cannot deadlock each other.
+	_, err := r.pool.Exec(ctx, `
+		WITH used AS (
+			SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(key_id, at)
+		), locked AS (
+			SELECT k.key_id, used.at
+			FROM keys k JOIN used ON used.key_id = k.key_id
+			WHERE k.last_used_at IS NULL OR k.last_used_at < used.at
+			ORDER BY k.key_id
+			FOR UPDATE OF k
+		)
+		UPDATE keys k SET last_used_at = GREATEST(k.last_used_at, locked.at)
+		FROM locked WHERE k.key_id = locked.key_id`, ids, times)
+	if err != nil {
+		return fmt.Errorf("record last use of %d keys: %w", len(ids), err)
+	}
+	return nil
+}
