@@ -106,7 +106,7 @@ func SecretPrefix(s string) string {
 // Mask returns what may be shown of a secret after creation: its prefix and
 // last four characters, for example "sk_…a1B2".
 func Mask(secret string) string {
-	if len(secret) < 4+secretTailLen {
+	if len(secret) < 2+secretTailLen { // shorter than a 1-character prefix, "_" and the tail
 		return "…"
 	}
 	return SecretPrefix(secret) + "_…" + secret[len(secret)-4:]
