@@ -1,0 +1,1132 @@
+/*!
+ * keyd-api-keys.js: the drop-in API key manager for keyd.
+ *
+ *   <script src="https://keyd.example/widget/keyd-api-keys.js"></script>
+ *   <keyd-api-keys session-token="…"></keyd-api-keys>
+ *
+ * Attributes:
+ *   session-token  widget session token (POST /v1/widget/sessions on your server).
+ *                  Set it again to refresh an expired session; the widget reloads.
+ *   api-base       keyd base URL; defaults to the origin this script was loaded from.
+ *   org-id         organization id; if absent the widget asks GET /v1/widget/session.
+ * Events (bubble, composed):
+ *   keyd-session-expired  the API answered 401; detail: {message}. Set a fresh
+ *                         session-token to continue.
+ * Theming: --keyd-font, --keyd-accent, --keyd-radius, --keyd-bg, --keyd-fg,
+ *   --keyd-muted, --keyd-border, --keyd-danger (and --keyd-on-accent, the text
+ *   colour on accent buttons). Dark defaults follow prefers-color-scheme.
+ *
+ * Plain JavaScript, no dependencies, no build step. Server data only ever reaches
+ * the page through textContent and attribute values, never as markup.
+ */
+(function () {
+  'use strict';
+
+  var TAG = 'keyd-api-keys';
+  if (typeof window === 'undefined' || !window.customElements || window.customElements.get(TAG)) return;
+
+  // The origin the script came from, captured while the script is being evaluated
+  // (document.currentScript is null afterwards, and for module scripts).
+  var SCRIPT_SRC = (function () {
+    var s = document.currentScript;
+    if (s && s.src) return s.src;
+    var all = document.querySelectorAll('script[src]');
+    for (var i = all.length - 1; i >= 0; i--) {
+      if (/keyd-api-keys(\.min)?\.js([?#]|$)/.test(all[i].src)) return all[i].src;
+    }
+    return '';
+  })();
+
+  const PAGE_SIZE = 20;
+  const MSG_SESSION = 'Your session has expired. Refresh the page to continue.';
+  const MSG_NETWORK = 'Could not reach the API key service. Check your connection and try again.';
+  const MSG_NO_TOKEN = 'This page did not provide a session for managing API keys.';
+
+  const EXPIRY_CHOICES = [
+    ['never', 'Never', 0],
+    ['30d', '30 days', 30],
+    ['90d', '90 days', 90],
+    ['1y', '1 year', 365],
+  ];
+  const GRACE_CHOICES = [
+    ['0', 'Immediately'],
+    ['3600', '1 hour'],
+    ['86400', '24 hours'],
+    ['604800', '7 days'],
+  ];
+  const DEFAULT_GRACE = '86400';
+
+  // ---------------------------------------------------------------- helpers
+
+  // h builds an element. Strings become text nodes; nothing is parsed as HTML.
+  function h(tag, props, ...children) {
+    const el = document.createElement(tag);
+    if (props) {
+      for (const k of Object.keys(props)) {
+        const v = props[k];
+        if (v === undefined || v === null || v === false) continue;
+        if (k === 'class') el.className = v;
+        else if (k === 'text') el.textContent = v;
+        else if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
+        else if (k === 'value' || k === 'checked' || k === 'disabled' || k === 'readOnly' || k === 'selected') el[k] = v;
+        else el.setAttribute(k, v === true ? '' : String(v));
+      }
+    }
+    append(el, children);
+    return el;
+  }
+  function append(el, children) {
+    for (const c of children) {
+      if (c === undefined || c === null || c === false) continue;
+      if (Array.isArray(c)) append(el, c);
+      else if (c instanceof Node) el.appendChild(c);
+      else el.appendChild(document.createTextNode(String(c)));
+    }
+  }
+
+  class ApiError extends Error {
+    constructor(kind, status, code, message) {
+      super(message);
+      this.kind = kind; // 'network' | 'session' | 'http'
+      this.status = status;
+      this.code = code;
+    }
+    get retryable() {
+      return this.kind === 'network' || this.status === 503 || this.status === 502 || this.status === 504;
+    }
+  }
+
+  const dateFmt = new Intl.DateTimeFormat(undefined, { year: 'numeric', month: 'short', day: 'numeric' });
+  const shortDateFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
+  const dateTimeFmt = new Intl.DateTimeFormat(undefined, {
+    year: 'numeric', month: 'short', day: 'numeric', hour: 'numeric', minute: '2-digit',
+  });
+  const relFmt = new Intl.RelativeTimeFormat(undefined, { numeric: 'auto', style: 'short' });
+  const DAY = 86400000;
+
+  function relative(ms) {
+    const diff = ms - Date.now();
+    const abs = Math.abs(diff);
+    if (abs < 60000) return diff < 0 ? 'just now' : 'in under a minute';
+    if (abs < 3600000) return relFmt.format(Math.round(diff / 60000), 'minute');
+    if (abs < DAY) return relFmt.format(Math.round(diff / 3600000), 'hour');
+    return relFmt.format(Math.round(diff / DAY), 'day');
+  }
+
+  // timeEl renders a timestamp, or "Never" for null.
+  function timeEl(iso, useRelative) {
+    if (!iso) return h('span', { class: 'never' }, 'Never');
+    const ms = Date.parse(iso);
+    if (Number.isNaN(ms)) return h('span', null, String(iso));
+    let text;
+    if (useRelative && Math.abs(ms - Date.now()) < 7 * DAY) text = relative(ms);
+    else if (new Date(ms).getFullYear() === new Date().getFullYear()) text = shortDateFmt.format(ms);
+    else text = dateFmt.format(ms);
+    return h('time', { datetime: iso, title: dateTimeFmt.format(ms) }, text);
+  }
+
+  function rfc3339(ms) {
+    return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+  }
+
+  function effectiveStatus(k) {
+    if (k.status === 'active' && k.expires_at && Date.parse(k.expires_at) <= Date.now()) return 'expired';
+    return k.status;
+  }
+
+  const STATUS_LABEL = { active: 'Active', revoked: 'Revoked', expired: 'Expired' };
+
+  let uid = 0;
+
+  // ---------------------------------------------------------------- styles
+
+  const STYLES = `
+:host {
+  --_font: var(--keyd-font, ui-sans-serif, system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif);
+  --_mono: ui-monospace, SFMono-Regular, "SF Mono", Menlo, Consolas, "Liberation Mono", monospace;
+  --_accent: var(--keyd-accent, #2f5bea);
+  --_on-accent: var(--keyd-on-accent, #ffffff);
+  --_radius: var(--keyd-radius, 8px);
+  --_bg: var(--keyd-bg, #ffffff);
+  --_fg: var(--keyd-fg, #1b1f27);
+  --_muted: var(--keyd-muted, #5d6472);
+  --_border: var(--keyd-border, #e2e5ea);
+  --_danger: var(--keyd-danger, #c42b2b);
+  --_ok: #1f7a4d;
+  --_warn: #9a5b00;
+  --_subtle: color-mix(in srgb, var(--_fg) 3.5%, var(--_bg));
+  --_hover: color-mix(in srgb, var(--_fg) 6%, var(--_bg));
+  --_focus: 0 0 0 2px var(--_bg), 0 0 0 4px color-mix(in srgb, var(--_accent) 75%, transparent);
+  display: block;
+  color-scheme: light;
+  font-family: var(--_font);
+  font-size: 14px;
+  line-height: 1.45;
+  color: var(--_fg);
+}
+@media (prefers-color-scheme: dark) {
+  :host {
+    --_accent: var(--keyd-accent, #7f9cff);
+    --_on-accent: var(--keyd-on-accent, #0c1024);
+    --_bg: var(--keyd-bg, #16181d);
+    --_fg: var(--keyd-fg, #e5e7eb);
+    --_muted: var(--keyd-muted, #9ba3b0);
+    --_border: var(--keyd-border, #2d313a);
+    --_danger: var(--keyd-danger, #ff7b7b);
+    --_ok: #5fd39a;
+    --_warn: #f0b35a;
+    color-scheme: dark;
+  }
+}
+:host([hidden]) { display: none; }
+*, *::before, *::after { box-sizing: border-box; }
+
+.root {
+  container-type: inline-size;
+  background: var(--_bg);
+  color: var(--_fg);
+}
+.head {
+  display: flex; flex-wrap: wrap; align-items: flex-start; justify-content: space-between;
+  gap: 12px 24px; margin-bottom: 16px;
+}
+.head h2 { margin: 0 0 2px; font-size: 17px; font-weight: 600; letter-spacing: -0.01em; }
+.head p { margin: 0; color: var(--_muted); max-width: 64ch; }
+
+button, input, select { font: inherit; color: inherit; }
+button {
+  display: inline-flex; align-items: center; justify-content: center; gap: 6px;
+  min-height: 34px; padding: 6px 14px;
+  border: 1px solid var(--_border); border-radius: var(--_radius);
+  background: var(--_bg); color: var(--_fg);
+  font-weight: 500; cursor: pointer; white-space: nowrap;
+  transition: background-color .12s, border-color .12s, box-shadow .12s;
+}
+button:hover { background: var(--_hover); }
+button:disabled { opacity: .6; cursor: progress; }
+button.primary { background: var(--_accent); border-color: var(--_accent); color: var(--_on-accent); }
+button.primary:hover { background: color-mix(in srgb, var(--_accent) 88%, var(--_fg)); }
+button.danger { background: var(--_danger); border-color: var(--_danger); color: #fff; }
+@media (prefers-color-scheme: dark) { button.danger { color: #1a0d0d; } }
+button.danger:hover { background: color-mix(in srgb, var(--_danger) 88%, var(--_fg)); }
+button.small { min-height: 28px; padding: 3px 10px; font-size: 13px; }
+button.ghost { border-color: transparent; background: transparent; color: var(--_accent); }
+button.ghost:hover { background: color-mix(in srgb, var(--_accent) 10%, transparent); }
+button.ghost.danger-text { color: var(--_danger); }
+button.ghost.danger-text:hover { background: color-mix(in srgb, var(--_danger) 10%, transparent); }
+:focus { outline: none; }
+:focus-visible { outline: none; box-shadow: var(--_focus); }
+button:focus-visible, input:focus-visible, select:focus-visible { box-shadow: var(--_focus); }
+[tabindex="-1"]:focus-visible { box-shadow: none; outline: 2px solid color-mix(in srgb, var(--_accent) 60%, transparent); outline-offset: 2px; }
+
+.banner {
+  display: flex; flex-wrap: wrap; align-items: center; gap: 8px 12px;
+  margin: 0 0 14px; padding: 10px 12px;
+  border: 1px solid color-mix(in srgb, var(--_danger) 40%, var(--_border));
+  background: color-mix(in srgb, var(--_danger) 7%, var(--_bg));
+  border-radius: var(--_radius);
+}
+.banner:empty { display: none; }
+.banner .msg { flex: 1 1 220px; }
+
+.frame {
+  border: 1px solid var(--_border); border-radius: var(--_radius); overflow: hidden;
+  background: var(--_bg);
+}
+table { width: 100%; border-collapse: collapse; }
+th, td { text-align: left; vertical-align: top; padding: 11px 8px; }
+th:first-child, td:first-child { padding-left: 14px; }
+th:last-child, td:last-child { padding-right: 10px; }
+thead th {
+  font-size: 12px; font-weight: 500; color: var(--_muted);
+  background: var(--_subtle); border-bottom: 1px solid var(--_border);
+  padding-top: 8px; padding-bottom: 8px; white-space: nowrap;
+}
+tbody tr + tr > * { border-top: 1px solid var(--_border); }
+tbody th { font-weight: 600; }
+.name { min-width: 10ch; max-width: 26ch; overflow-wrap: anywhere; }
+tbody td { color: var(--_fg); }
+tr.inactive > * { color: var(--_muted); }
+tr.inactive th { font-weight: 500; }
+td.when { white-space: nowrap; }
+td.actions { text-align: right; white-space: nowrap; padding-top: 7px; padding-bottom: 7px; }
+.actions-inner { display: inline-flex; flex-wrap: wrap; justify-content: flex-end; gap: 2px; width: 186px; }
+button.ghost.small { padding: 3px 7px; }
+@container (min-width: 1000px) { .actions-inner { flex-wrap: nowrap; width: auto; } }
+code.mask { font-family: var(--_mono); font-size: 12.5px; white-space: nowrap; }
+.never, .none { color: var(--_muted); }
+.perms { display: flex; flex-wrap: wrap; gap: 4px; }
+.chip {
+  font-family: var(--_mono); font-size: 11.5px; line-height: 18px; padding: 0 5px;
+  border-radius: calc(var(--_radius) / 2); border: 1px solid var(--_border);
+  background: var(--_subtle); white-space: nowrap;
+}
+.badge { display: inline-flex; align-items: center; gap: 6px; white-space: nowrap; font-weight: 500; }
+.badge::before { content: ""; width: 7px; height: 7px; border-radius: 50%; background: currentColor; }
+.badge.active { color: var(--_ok); }
+.badge.revoked { color: var(--_danger); }
+.badge.expired { color: var(--_muted); }
+.soon { display: block; font-size: 12px; color: var(--_warn); }
+
+.empty, .loading { padding: 36px 16px; text-align: center; color: var(--_muted); }
+.empty strong { display: block; color: var(--_fg); font-weight: 600; margin-bottom: 4px; }
+.more { display: flex; justify-content: center; padding: 10px; border-top: 1px solid var(--_border); }
+.vh {
+  position: absolute !important; width: 1px; height: 1px; padding: 0; margin: -1px;
+  overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; border: 0;
+}
+
+/* Below ~920px eight columns no longer fit: rows become cards. */
+@container (max-width: 919px) {
+  .frame { border: 0; border-radius: 0; overflow: visible; background: transparent; }
+  table, thead, tbody, tr, th, td { display: block; }
+  thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); }
+  tbody tr {
+    display: grid; grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)); gap: 12px 20px;
+    padding: 14px 16px; margin-bottom: 10px;
+    border: 1px solid var(--_border); border-radius: var(--_radius); background: var(--_bg);
+  }
+  tbody tr + tr > * { border-top: 0; }
+  tbody th, tbody td, tbody th:first-child, tbody td:last-child { padding: 0; }
+  tbody th { grid-column: 1 / -1; font-size: 15px; }
+  tbody th .name { max-width: none; min-width: 0; }
+  tbody td::before { content: attr(data-label); display: block; margin-bottom: 2px; color: var(--_muted); font-size: 12px; }
+  td.perms-cell { grid-column: 1 / -1; order: 1; }
+  td.actions { grid-column: 1 / -1; text-align: left; order: 2; }
+  td.actions::before { content: none; }
+  td.actions:empty { display: none; }
+  .actions-inner {
+    flex-wrap: wrap; justify-content: flex-start; width: auto;
+    margin: 0 -16px -6px; padding: 8px 8px 0; border-top: 1px solid var(--_border); display: flex;
+  }
+  .more { border-top: 0; padding: 4px 0 0; }
+}
+/* Phones: label beside value, one field a line. */
+@container (max-width: 479px) {
+  tbody tr { grid-template-columns: auto 1fr; gap: 6px 14px; padding: 14px; }
+  tbody td { display: contents; }
+  tbody td::before { display: inline; margin: 0; font-size: 13px; }
+  td.perms-cell { grid-column: auto; order: 0; }
+  td.actions .actions-inner { grid-column: 1 / -1; order: 2; margin: 4px -14px -6px; padding: 8px 6px 0; }
+  .head > button { width: 100%; }
+}
+
+/* Dialogs */
+dialog {
+  width: min(480px, calc(100vw - 24px)); max-height: calc(100dvh - 24px);
+  padding: 0; border: 1px solid var(--_border); border-radius: calc(var(--_radius) + 4px);
+  background: var(--_bg); color: var(--_fg);
+  box-shadow: 0 24px 48px -12px rgb(0 0 0 / .25), 0 2px 6px rgb(0 0 0 / .08);
+  font-family: var(--_font); font-size: 14px; line-height: 1.45;
+}
+dialog::backdrop { background: rgb(15 18 25 / .45); }
+.dlg { padding: 20px 22px 18px; display: grid; gap: 16px; }
+.dlg h3 { margin: 0; font-size: 16px; font-weight: 600; }
+.dlg .sub { margin: 4px 0 0; color: var(--_muted); overflow-wrap: anywhere; }
+.dlg p { margin: 0; }
+.field { display: grid; gap: 6px; }
+.field > label, fieldset legend { font-weight: 500; }
+input[type=text], select {
+  width: 100%; min-height: 36px; padding: 6px 10px;
+  border: 1px solid var(--_border); border-radius: var(--_radius);
+  background: var(--_bg); color: var(--_fg);
+}
+input[type=text]:hover, select:hover { border-color: color-mix(in srgb, var(--_fg) 25%, var(--_border)); }
+input[aria-invalid=true] { border-color: var(--_danger); }
+.hint { font-size: 13px; color: var(--_muted); }
+fieldset { margin: 0; padding: 0; border: 0; min-width: 0; }
+fieldset legend { padding: 0; margin-bottom: 6px; }
+.checks {
+  display: grid; max-height: 232px; overflow: auto;
+  border: 1px solid var(--_border); border-radius: var(--_radius);
+}
+.check { display: grid; grid-template-columns: auto 1fr; column-gap: 10px; padding: 8px 10px; align-items: start; }
+.check + .check { border-top: 1px solid var(--_border); }
+.check:hover { background: var(--_subtle); }
+.check input { margin: 2px 0 0; width: 16px; height: 16px; accent-color: var(--_accent); }
+.check label { font-family: var(--_mono); font-size: 13px; cursor: pointer; overflow-wrap: anywhere; }
+.check .desc { grid-column: 2; color: var(--_muted); font-size: 13px; }
+.checks-empty { padding: 10px; color: var(--_muted); border: 1px dashed var(--_border); border-radius: var(--_radius); }
+.err { color: var(--_danger); display: flex; flex-wrap: wrap; align-items: center; gap: 8px 12px; }
+.err:empty { display: none; }
+.err .msg { flex: 1 1 200px; }
+.actionsbar { display: flex; flex-wrap: wrap; justify-content: flex-end; gap: 8px; margin-top: 4px; }
+.warnbox {
+  display: flex; gap: 10px; padding: 10px 12px; border-radius: var(--_radius);
+  background: color-mix(in srgb, var(--_warn) 10%, var(--_bg));
+  border: 1px solid color-mix(in srgb, var(--_warn) 35%, var(--_border));
+}
+.warnbox::before { content: "!"; flex: none; display: grid; place-items: center; width: 18px; height: 18px;
+  margin-top: 1px; border-radius: 50%; background: var(--_warn); color: var(--_bg); font-weight: 700; font-size: 12px; }
+.secretrow { display: flex; gap: 8px; }
+.secretrow input { flex: 1; min-width: 0; font-family: var(--_mono); font-size: 13px; background: var(--_subtle); }
+.status { font-size: 13px; color: var(--_ok); min-height: 1.45em; }
+.status.fail { color: var(--_muted); }
+.keyname { font-weight: 600; color: var(--_fg); }
+`;
+
+  // ---------------------------------------------------------------- element
+
+  class KeydApiKeys extends HTMLElement {
+    static get observedAttributes() {
+      return ['session-token', 'api-base', 'org-id'];
+    }
+
+    constructor() {
+      super();
+      this._id = ++uid;
+      const root = this.attachShadow({ mode: 'open' });
+      root.appendChild(h('style', { text: STYLES }));
+      this._root = h('div', { class: 'root', part: 'root' });
+      this._dialog = h('dialog', { 'aria-labelledby': this._ids('dlg-title'), part: 'dialog' });
+      this._dialog.addEventListener('cancel', (e) => {
+        // Escape: close through our own path, so state and focus stay right.
+        e.preventDefault();
+        this._closeDialog();
+      });
+      root.append(this._root, this._dialog);
+
+      this._org = null;
+      this._orgPromise = null;
+      this._catalog = null; // [{slug, description, status}]
+      this._catalogPromise = null;
+      this._keys = [];
+      this._next = null;
+      this._loaded = false;
+      this._loading = false;
+      this._loadingMore = false;
+      this._listError = null;
+      this._retry = null;
+      this._gen = 0;
+      this._dlg = null; // open dialog state
+      this._secret = null;
+      this._expiredToken = null;
+      this._connected = false;
+    }
+
+    _ids(name) {
+      return 'k' + this._id + '-' + name;
+    }
+
+    connectedCallback() {
+      this._connected = true;
+      this._render();
+      this._start();
+    }
+
+    disconnectedCallback() {
+      this._connected = false;
+      this._gen++;
+      this._wipeSecret();
+      if (this._dialog.open) this._dialog.close();
+      this._dlg = null;
+    }
+
+    attributeChangedCallback(name, oldValue, newValue) {
+      if (oldValue === newValue || !this._connected) return;
+      if (name === 'session-token') {
+        // A fresh token after an expiry: clear the session errors and carry on.
+        const wasBroken = !this._loaded || (this._listError && this._listError.kind === 'session') ||
+          (this._expiredToken !== null && this._expiredToken === (oldValue || '').trim());
+        if (this._dlg && this._dlg.error && this._dlg.error.kind === 'session') this._setDialogError(null);
+        if (wasBroken) {
+          // The new session may belong to someone else: ask again unless told.
+          if (!this.hasAttribute('org-id')) this._org = null;
+          if (!this._loaded) this._start();
+          else {
+            this._loadCatalog().catch(() => {});
+            this._loadList({ keep: true });
+          }
+        }
+        return;
+      }
+      // api-base or org-id: everything we know may be about something else now.
+      this._org = null;
+      this._orgPromise = null;
+      this._catalog = null;
+      this._catalogPromise = null;
+      this._keys = [];
+      this._next = null;
+      this._loaded = false;
+      this._start();
+    }
+
+    get _token() {
+      return (this.getAttribute('session-token') || '').trim();
+    }
+
+    get _api() {
+      let base = (this.getAttribute('api-base') || '').trim();
+      if (!base) {
+        try {
+          base = SCRIPT_SRC ? new URL(SCRIPT_SRC, document.baseURI).origin : location.origin;
+        } catch (_) {
+          base = location.origin;
+        }
+      }
+      return base.replace(/\/+$/, '');
+    }
+
+    _start() {
+      this._listError = null;
+      if (!this._token) {
+        this._gen++;
+        this._loading = false;
+        this._listError = new ApiError('session', 0, 'unauthenticated', MSG_NO_TOKEN);
+        this._render();
+        return;
+      }
+      this._loadCatalog().catch(() => {});
+      this._loadList({});
+    }
+
+    // ------------------------------------------------------------ API
+
+    async _request(method, path, body, isRetry) {
+      const token = this._token;
+      const headers = { Accept: 'application/json', Authorization: 'Bearer ' + token };
+      if (body !== undefined) headers['Content-Type'] = 'application/json';
+      let res;
+      let text = '';
+      try {
+        res = await fetch(this._api + path, {
+          method,
+          headers,
+          body: body === undefined ? undefined : JSON.stringify(body),
+          mode: 'cors',
+          credentials: 'omit',
+          cache: 'no-store',
+        });
+        text = await res.text();
+      } catch (_) {
+        throw new ApiError('network', 0, 'network', MSG_NETWORK);
+      }
+      let data = null;
+      if (text) {
+        try {
+          data = JSON.parse(text);
+        } catch (_) {
+          data = null;
+        }
+      }
+      if (res.status === 401) {
+        this._sessionExpired(token);
+        // The host may have handed us a fresh token meanwhile (even from inside the
+        // event handler): a 401 changed nothing on the server, so try once more.
+        if (!isRetry && this._token && this._token !== token) return this._request(method, path, body, true);
+        throw new ApiError('session', 401, 'unauthenticated', MSG_SESSION);
+      }
+      if (!res.ok) {
+        const e = data && data.error;
+        const msg = e && typeof e.message === 'string' && e.message
+          ? e.message
+          : 'The API key service answered with an unexpected error (HTTP ' + res.status + '). Try again in a moment.';
+        throw new ApiError('http', res.status, (e && e.code) || 'unknown', msg);
+      }
+      if (data === null || typeof data !== 'object') {
+        throw new ApiError('http', res.status, 'bad_response', 'The API key service sent a reply this page could not read.');
+      }
+      return data;
+    }
+
+    _sessionExpired(token) {
+      if (this._expiredToken === token) return;
+      this._expiredToken = token;
+      this.dispatchEvent(new CustomEvent('keyd-session-expired', {
+        bubbles: true,
+        composed: true,
+        detail: { message: MSG_SESSION },
+      }));
+    }
+
+    _orgPath() {
+      return '/v1/orgs/' + encodeURIComponent(this._org) + '/keys';
+    }
+
+    async _ensureOrg() {
+      const attr = (this.getAttribute('org-id') || '').trim();
+      if (attr) {
+        this._org = attr;
+        return;
+      }
+      if (this._org) return;
+      // One session lookup at a time, shared by whoever needs the org meanwhile.
+      if (!this._orgPromise) {
+        const p = this._request('GET', '/v1/widget/session').catch((err) => {
+          if (err.status === 404 || err.status === 405) {
+            throw new ApiError('http', err.status, err.code,
+              'This keyd server cannot tell which organization the session belongs to. Set the org-id attribute on <keyd-api-keys>.');
+          }
+          throw err;
+        }).then((s) => {
+          if (!s || typeof s.org_id !== 'string' || !s.org_id) {
+            throw new ApiError('http', 200, 'bad_response', 'The session does not name an organization.');
+          }
+          return s.org_id;
+        });
+        this._orgPromise = p;
+        p.catch(() => {}).then(() => {
+          if (this._orgPromise === p) this._orgPromise = null;
+        });
+      }
+      this._org = await this._orgPromise;
+    }
+
+    _loadCatalog() {
+      if (this._catalog) return Promise.resolve(this._catalog);
+      if (this._catalogPromise) return this._catalogPromise;
+      const p = this._request('GET', '/v1/permissions').then(
+        (data) => {
+          if (this._catalogPromise !== p) return this._catalog;
+          this._catalog = Array.isArray(data.data) ? data.data : [];
+          this._catalogPromise = null;
+          return this._catalog;
+        },
+        (err) => {
+          if (this._catalogPromise === p) this._catalogPromise = null;
+          throw err;
+        },
+      );
+      this._catalogPromise = p;
+      return p;
+    }
+
+    async _loadList(opts) {
+      const gen = ++this._gen;
+      this._loading = true;
+      this._loadingMore = false;
+      this._listError = null;
+      this._render();
+      try {
+        await this._ensureOrg();
+        const limit = opts.keep ? Math.min(100, Math.max(PAGE_SIZE, this._keys.length)) : PAGE_SIZE;
+        const q = new URLSearchParams({ limit: String(limit) });
+        if (opts.minSequence) q.set('min_sequence', String(opts.minSequence));
+        const data = await this._request('GET', this._orgPath() + '?' + q.toString());
+        if (gen !== this._gen) return;
+        this._keys = Array.isArray(data.data) ? data.data : [];
+        this._next = data.next_cursor || null;
+        this._loaded = true;
+      } catch (err) {
+        if (gen !== this._gen) return;
+        this._listError = err;
+        this._retry = () => this._loadList(opts);
+      }
+      this._loading = false;
+      this._render();
+    }
+
+    async _loadMore() {
+      if (!this._next || this._loadingMore) return;
+      const gen = this._gen;
+      this._loadingMore = true;
+      this._listError = null;
+      this._render();
+      try {
+        const q = new URLSearchParams({ limit: String(PAGE_SIZE), cursor: this._next });
+        const data = await this._request('GET', this._orgPath() + '?' + q.toString());
+        if (gen !== this._gen) return;
+        const seen = new Set(this._keys.map((k) => k.id));
+        const fresh = (Array.isArray(data.data) ? data.data : []).filter((k) => !seen.has(k.id));
+        this._keys = this._keys.concat(fresh);
+        this._next = data.next_cursor || null;
+        this._loadingMore = false;
+        this._render();
+        if (fresh.length && !this._next) this._focus('row:' + fresh[0].id);
+      } catch (err) {
+        if (gen !== this._gen) return;
+        this._loadingMore = false;
+        this._listError = err;
+        this._retry = () => this._loadMore();
+        this._render();
+      }
+    }
+
+    _merge(key, atTop) {
+      if (!key || !key.id) return;
+      const i = this._keys.findIndex((k) => k.id === key.id);
+      if (i >= 0) this._keys[i] = key;
+      else if (atTop) this._keys.unshift(key);
+    }
+
+    // ------------------------------------------------------------ rendering
+
+    _render() {
+      if (!this._connected) return;
+      const active = this.shadowRoot.activeElement;
+      const fid = active && this._root.contains(active) ? active.getAttribute('data-fid') : null;
+
+      const createBtn = h('button', {
+        type: 'button', class: 'primary', 'data-fid': 'create',
+        onclick: () => this._openCreate(),
+      }, 'Create API key');
+
+      const head = h('div', { class: 'head' },
+        h('div', null,
+          h('h2', { id: this._ids('title') }, 'API keys'),
+          h('p', null, 'Keys let your scripts and services call the API on behalf of this organization.')),
+        createBtn);
+
+      const banner = h('div', { class: 'banner', role: 'alert' });
+      if (this._listError) {
+        banner.append(h('span', { class: 'msg' }, this._listError.message));
+        if (this._listError.kind !== 'session' && this._retry) {
+          const retry = this._retry;
+          banner.append(h('button', { type: 'button', class: 'small', 'data-fid': 'retry', onclick: () => retry() }, 'Retry'));
+        }
+      }
+
+      let body;
+      if (!this._loaded) {
+        body = this._loading
+          ? h('div', { class: 'frame loading', role: 'status' }, 'Loading API keys…')
+          : null;
+      } else if (this._keys.length === 0) {
+        body = h('div', { class: 'frame empty' },
+          h('strong', null, 'No API keys yet'),
+          'Create a key to let a script or service call the API.');
+      } else {
+        body = h('div', { class: 'frame' }, this._table(),
+          this._next ? h('div', { class: 'more' },
+            h('button', {
+              type: 'button', 'data-fid': 'more', disabled: this._loadingMore,
+              'aria-busy': this._loadingMore ? 'true' : null,
+              onclick: () => this._loadMore(),
+            }, 'Load more')) : null);
+      }
+
+      this._root.setAttribute('aria-busy', this._loading || this._loadingMore ? 'true' : 'false');
+      this._root.replaceChildren(
+        h('section', { 'aria-labelledby': this._ids('title') }, head, banner, body));
+      if (fid) this._focus(fid);
+    }
+
+    _table() {
+      const cols = ['Name', 'Key', 'Permissions', 'Created', 'Last used', 'Expires', 'Status'];
+      const thead = h('thead', null,
+        h('tr', null,
+          cols.map((c) => h('th', { scope: 'col', role: 'columnheader' }, c)),
+          h('th', { scope: 'col', role: 'columnheader' }, h('span', { class: 'vh' }, 'Actions'))));
+      thead.firstChild.setAttribute('role', 'row');
+      thead.setAttribute('role', 'rowgroup');
+      const tbody = h('tbody', { role: 'rowgroup' }, this._keys.map((k) => this._row(k)));
+      // Explicit roles: the card layouts change `display`, which can cost a table
+      // its semantics in some browsers.
+      return h('table', { role: 'table' },
+        h('caption', { class: 'vh' }, 'API keys, newest first'),
+        thead, tbody);
+    }
+
+    _row(k) {
+      const status = effectiveStatus(k);
+      const name = typeof k.name === 'string' && k.name ? k.name : 'Untitled key';
+      const perms = Array.isArray(k.permissions) ? k.permissions : [];
+      const cell = (label, cls, ...content) =>
+        h('td', { 'data-label': label, class: cls, role: 'cell' }, h('div', null, ...content));
+
+      let expires = timeEl(k.expires_at, true);
+      if (status === 'active' && k.expires_at && Date.parse(k.expires_at) - Date.now() < 7 * DAY) {
+        expires = h('div', null, expires, h('span', { class: 'soon' }, 'Expires soon'));
+      }
+
+      const actions = h('td', { class: 'actions', role: 'cell' });
+      if (status === 'active') {
+        actions.append(h('div', { class: 'actions-inner' },
+          h('button', {
+            type: 'button', class: 'ghost small', 'data-fid': 'rotate:' + k.id,
+            'aria-label': 'Rotate ' + name, onclick: () => this._openRotate(k.id),
+          }, 'Rotate'),
+          h('button', {
+            type: 'button', class: 'ghost small', 'data-fid': 'edit:' + k.id,
+            'aria-label': 'Edit permissions for ' + name, onclick: () => this._openEdit(k.id),
+          }, 'Edit permissions'),
+          h('button', {
+            type: 'button', class: 'ghost small danger-text', 'data-fid': 'revoke:' + k.id,
+            'aria-label': 'Revoke ' + name, onclick: () => this._openRevoke(k.id),
+          }, 'Revoke')));
+      }
+
+      return h('tr', { class: status === 'active' ? '' : 'inactive', 'data-key-id': k.id, role: 'row' },
+        h('th', { scope: 'row', role: 'rowheader', tabindex: '-1', 'data-fid': 'row:' + k.id },
+          h('div', { class: 'name' }, name)),
+        cell('Key', '', h('code', { class: 'mask' }, k.mask || '')),
+        cell('Permissions', 'perms-cell', perms.length
+          ? h('div', { class: 'perms' }, perms.map((p) => h('span', { class: 'chip' }, p)))
+          : h('span', { class: 'none' }, 'None')),
+        cell('Created', 'when', timeEl(k.created_at, false)),
+        cell('Last used', 'when', timeEl(k.last_used_at, true)),
+        cell('Expires', 'when', expires),
+        cell('Status', '', h('span', { class: 'badge ' + status }, STATUS_LABEL[status] || String(status))),
+        actions);
+    }
+
+    _focus(fid) {
+      const el = this.shadowRoot.querySelector('[data-fid="' + CSS_escape(fid) + '"]');
+      if (el) {
+        el.focus();
+        return true;
+      }
+      return false;
+    }
+
+    // ------------------------------------------------------------ dialogs
+
+    _openDialog(state, content, firstField, opener) {
+      if (this._dlg) this._closeDialog(true);
+      const returnTo = this.shadowRoot.activeElement;
+      // Some browsers do not focus a clicked button; fall back to the opener's id.
+      state.returnFid = (returnTo && returnTo.getAttribute('data-fid')) || opener || null;
+      this._dlg = state;
+      this._dialog.replaceChildren(content);
+      if (!this._dialog.open) this._dialog.showModal();
+      if (firstField) firstField.focus();
+    }
+
+    _closeDialog(silent) {
+      const d = this._dlg;
+      if (!d) {
+        if (this._dialog.open) this._dialog.close();
+        return;
+      }
+      if (d.busy && !silent) return; // a request is in flight; its reply must not be lost
+      this._wipeSecret();
+      this._dlg = null;
+      if (this._dialog.open) this._dialog.close();
+      this._dialog.replaceChildren();
+      if (silent) return;
+      // Return focus to what opened the dialog, or the closest thing still there.
+      const tries = [d.returnFid, d.keyId && 'row:' + d.keyId, d.newKeyId && 'row:' + d.newKeyId, 'create'];
+      for (const t of tries) if (t && this._focus(t)) return;
+    }
+
+    _wipeSecret() {
+      const input = this._dialog.querySelector('input[data-secret]');
+      if (input) {
+        input.value = '';
+        input.remove();
+      }
+      this._secret = null;
+    }
+
+    _errorBox() {
+      return h('div', { class: 'err', role: 'alert', 'data-err': '' });
+    }
+
+    _setDialogError(err) {
+      const d = this._dlg;
+      if (!d) return;
+      d.error = err;
+      const box = this._dialog.querySelector('[data-err]');
+      if (!box) return;
+      box.replaceChildren();
+      if (!err) return;
+      box.append(h('span', { class: 'msg' }, err.message));
+      if (err.retryable) {
+        box.append(h('button', { type: 'button', class: 'small', onclick: () => this._submit() }, 'Retry'));
+      }
+    }
+
+    _setBusy(busy) {
+      const d = this._dlg;
+      if (!d) return;
+      d.busy = busy;
+      for (const b of this._dialog.querySelectorAll('button')) b.disabled = busy;
+      const form = this._dialog.querySelector('form');
+      if (form) form.setAttribute('aria-busy', busy ? 'true' : 'false');
+    }
+
+    _form(title, sub, fields, submitLabel, submitClass) {
+      const titleId = this._ids('dlg-title');
+      const form = h('form', { class: 'dlg', novalidate: true },
+        h('div', null,
+          h('h3', { id: titleId }, title),
+          sub ? h('p', { class: 'sub' }, sub) : null),
+        fields,
+        this._errorBox(),
+        h('div', { class: 'actionsbar' },
+          h('button', { type: 'button', onclick: () => this._closeDialog() }, 'Cancel'),
+          h('button', { type: 'submit', class: submitClass || 'primary' }, submitLabel)));
+      form.addEventListener('submit', (e) => {
+        e.preventDefault();
+        this._submit();
+      });
+      return form;
+    }
+
+    // permissionPicker renders one checkbox per active catalog permission, filling in
+    // once the catalog has loaded.
+    _permissionPicker(selected) {
+      const legendId = this._ids('perm-legend');
+      const fs = h('fieldset', { 'aria-describedby': this._ids('perm-note') },
+        h('legend', { id: legendId }, 'Permissions'));
+      const holder = h('div');
+      const note = h('div', { id: this._ids('perm-note'), class: 'hint' });
+      fs.append(holder, note);
+
+      const fill = (catalog) => {
+        const active = catalog.filter((p) => p && p.status === 'active' && typeof p.slug === 'string');
+        const activeSet = new Set(active.map((p) => p.slug));
+        if (active.length === 0) {
+          holder.replaceChildren(h('div', { class: 'checks-empty' }, 'No permissions are available yet.'));
+        } else {
+          holder.replaceChildren(h('div', { class: 'checks' }, active.map((p, i) => {
+            const id = this._ids('perm-' + i);
+            const descId = id + '-d';
+            return h('div', { class: 'check' },
+              h('input', {
+                type: 'checkbox', id, name: 'permission', value: p.slug,
+                checked: selected.has(p.slug),
+                'aria-describedby': p.description ? descId : null,
+              }),
+              h('label', { for: id }, p.slug),
+              p.description ? h('span', { class: 'desc', id: descId }, p.description) : null);
+          })));
+        }
+        const gone = [...selected].filter((s) => !activeSet.has(s));
+        note.textContent = gone.length
+          ? 'No longer available, removed when you save: ' + gone.join(', ') + '.'
+          : '';
+      };
+
+      if (this._catalog) {
+        fill(this._catalog);
+      } else {
+        holder.replaceChildren(h('div', { class: 'checks-empty', role: 'status' }, 'Loading permissions…'));
+        const load = () => this._loadCatalog().then(fill, (err) => {
+          holder.replaceChildren(h('div', { class: 'err', role: 'alert' },
+            h('span', { class: 'msg' }, err.message),
+            err.kind !== 'session' ? h('button', {
+              type: 'button', class: 'small',
+              onclick: () => {
+                holder.replaceChildren(h('div', { class: 'checks-empty', role: 'status' }, 'Loading permissions…'));
+                load();
+              },
+            }, 'Retry') : null));
+        });
+        load();
+      }
+      return fs;
+    }
+
+    _checkedPermissions() {
+      return [...this._dialog.querySelectorAll('input[name=permission]')]
+        .filter((c) => c.checked).map((c) => c.value);
+    }
+
+    _openCreate() {
+      const nameId = this._ids('name');
+      const nameErrId = this._ids('name-err');
+      const expId = this._ids('expires');
+      const name = h('input', {
+        type: 'text', id: nameId, name: 'name', autocomplete: 'off', maxlength: '200',
+        placeholder: 'For example: CI deploy', required: true, 'aria-describedby': nameErrId,
+      });
+      const content = this._form('New API key', null, [
+        h('div', { class: 'field' },
+          h('label', { for: nameId }, 'Name'),
+          name,
+          h('div', { class: 'hint', id: nameErrId }, 'A name helps you recognise the key later.')),
+        this._permissionPicker(new Set()),
+        h('div', { class: 'field' },
+          h('label', { for: expId }, 'Expires'),
+          h('select', { id: expId, name: 'expires' },
+            EXPIRY_CHOICES.map(([v, label]) => h('option', { value: v }, label)))),
+      ], 'Create');
+      this._openDialog({ kind: 'create' }, content, name, 'create');
+    }
+
+    _keyById(id) {
+      return this._keys.find((k) => k.id === id);
+    }
+
+    _openRotate(id) {
+      const k = this._keyById(id);
+      if (!k) return;
+      const selId = this._ids('grace');
+      const hintId = this._ids('grace-hint');
+      const sel = h('select', { id: selId, name: 'grace', 'aria-describedby': hintId },
+        GRACE_CHOICES.map(([v, label]) => h('option', { value: v, selected: v === DEFAULT_GRACE }, label)));
+      const content = this._form('Rotate API key', null, [
+        h('p', null, 'A new secret replaces ', h('span', { class: 'keyname' }, k.name || 'this key'),
+          '. It keeps the same name and permissions.'),
+        h('div', { class: 'field' },
+          h('label', { for: selId }, 'Keep the old key working for'),
+          sel,
+          h('div', { class: 'hint', id: hintId }, 'Give your services time to switch to the new key before the old one stops working.')),
+      ], 'Rotate key');
+      this._openDialog({ kind: 'rotate', keyId: id }, content, sel, 'rotate:' + id);
+    }
+
+    _openEdit(id) {
+      const k = this._keyById(id);
+      if (!k) return;
+      const picker = this._permissionPicker(new Set(Array.isArray(k.permissions) ? k.permissions : []));
+      const content = this._form('Permissions for ' + (k.name || 'this key'), 'Choose what this key is allowed to do.', [picker], 'Save');
+      this._openDialog({ kind: 'edit', keyId: id }, content, null, 'edit:' + id);
+      const first = this._dialog.querySelector('input[name=permission]');
+      (first || this._dialog.querySelector('button')).focus();
+    }
+
+    _openRevoke(id) {
+      const k = this._keyById(id);
+      if (!k) return;
+      const content = this._form('Revoke API key', null, [
+        h('p', null, 'Revoking ', h('span', { class: 'keyname' }, k.name || 'this key'),
+          ' (', h('code', { class: 'mask' }, k.mask || ''), ') stops it from working immediately. ' +
+          'Anything still using it will be refused. This cannot be undone.'),
+      ], 'Revoke key', 'danger');
+      // Focus the safe choice first.
+      this._openDialog({ kind: 'revoke', keyId: id }, content, null, 'revoke:' + id);
+      const cancel = [...this._dialog.querySelectorAll('button')].find((b) => b.textContent === 'Cancel');
+      if (cancel) cancel.focus();
+    }
+
+    _showSecret(secret, note) {
+      const d = this._dlg;
+      const titleId = this._ids('dlg-title');
+      const inputId = this._ids('secret');
+      const warnId = this._ids('secret-warn');
+      this._secret = secret;
+      const input = h('input', {
+        type: 'text', id: inputId, readOnly: true, value: secret, 'data-secret': '',
+        autocomplete: 'off', autocapitalize: 'off', spellcheck: 'false', 'aria-describedby': warnId,
+      });
+      input.addEventListener('focus', () => input.select());
+      const status = h('div', { class: 'status', role: 'status', 'aria-live': 'polite' });
+      const copy = h('button', { type: 'button', onclick: () => this._copy(input, status) }, 'Copy');
+      const panel = h('div', { class: 'dlg', 'aria-live': 'polite' },
+        h('h3', { id: titleId }, 'Your new API key'),
+        h('p', { class: 'warnbox', id: warnId },
+          'Copy this key now and keep it somewhere safe. It will not be shown again.'),
+        h('div', { class: 'field' },
+          h('label', { for: inputId }, 'Secret key'),
+          h('div', { class: 'secretrow' }, input, copy),
+          status),
+        note ? h('p', { class: 'hint' }, note) : null,
+        h('div', { class: 'actionsbar' },
+          h('button', { type: 'button', class: 'primary', onclick: () => this._closeDialog() }, 'Done')));
+      d.kind = 'secret';
+      d.busy = false;
+      this._dialog.replaceChildren(panel);
+      input.focus();
+    }
+
+    async _copy(input, status) {
+      const secret = this._secret;
+      if (!secret) return;
+      let ok = false;
+      try {
+        if (navigator.clipboard && window.isSecureContext) {
+          await navigator.clipboard.writeText(secret);
+          ok = true;
+        }
+      } catch (_) {
+        ok = false;
+      }
+      if (!ok) {
+        try {
+          input.focus();
+          input.select();
+          ok = document.execCommand('copy');
+        } catch (_) {
+          ok = false;
+        }
+      }
+      status.classList.toggle('fail', !ok);
+      status.textContent = ok
+        ? 'Copied to the clipboard.'
+        : 'Copying is blocked here. The key is selected: press Ctrl+C (⌘C on a Mac) to copy it.';
+      if (!ok) {
+        input.focus();
+        input.select();
+      }
+    }
+
+    async _submit() {
+      const d = this._dlg;
+      if (!d || d.busy) return;
+      const keyPath = (suffix) => this._orgPath() + '/' + encodeURIComponent(d.keyId) + suffix;
+      let req;
+      if ((d.kind === 'create' || d.kind === 'edit') && !this._catalog) {
+        this._setDialogError(new ApiError('http', 0, 'not_ready', 'The list of permissions has not loaded yet. Wait a moment and try again.'));
+        return;
+      }
+      if (d.kind === 'create') {
+        const nameInput = this._dialog.querySelector('input[name=name]');
+        const name = nameInput.value.trim();
+        const hint = nameInput.parentElement.querySelector('.hint');
+        if (!name) {
+          nameInput.setAttribute('aria-invalid', 'true');
+          hint.textContent = 'Enter a name for the key.';
+          hint.style.color = 'var(--_danger)';
+          nameInput.focus();
+          return;
+        }
+        nameInput.removeAttribute('aria-invalid');
+        const body = { name, permissions: this._checkedPermissions() };
+        const choice = EXPIRY_CHOICES.find(([v]) => v === this._dialog.querySelector('select[name=expires]').value);
+        if (choice && choice[2] > 0) body.expires_at = rfc3339(Date.now() + choice[2] * DAY);
+        req = () => this._request('POST', this._orgPath(), body);
+      } else if (d.kind === 'rotate') {
+        const grace = Number(this._dialog.querySelector('select[name=grace]').value) || 0;
+        req = () => this._request('POST', keyPath('/rotate'), { grace_period_seconds: grace });
+      } else if (d.kind === 'edit') {
+        const body = { permissions: this._checkedPermissions() };
+        req = () => this._request('PUT', keyPath('/permissions'), body);
+      } else if (d.kind === 'revoke') {
+        req = () => this._request('POST', keyPath('/revoke'), {});
+      } else {
+        return;
+      }
+
+      this._setDialogError(null);
+      this._setBusy(true);
+      let reply;
+      try {
+        await this._ensureOrg();
+        reply = await req();
+      } catch (err) {
+        if (this._dlg !== d) return;
+        this._setBusy(false);
+        this._setDialogError(err);
+        return;
+      }
+      const seq = reply && reply.sequence;
+
+      if (d.kind === 'create') {
+        this._merge(reply.key, true);
+        d.newKeyId = reply.key && reply.key.id;
+      } else if (d.kind === 'rotate') {
+        this._merge(reply.previous, false);
+        this._merge(reply.key, true);
+        d.newKeyId = reply.key && reply.key.id;
+      } else {
+        this._merge(reply.key, false);
+      }
+      this._render();
+      this._loadList({ minSequence: seq, keep: true });
+
+      if (this._dlg !== d) return;
+      if ((d.kind === 'create' || d.kind === 'rotate') && typeof reply.secret === 'string' && reply.secret) {
+        let note = null;
+        if (d.kind === 'rotate' && reply.previous) {
+          const until = reply.previous.expires_at ? Date.parse(reply.previous.expires_at) : NaN;
+          note = !Number.isNaN(until) && until > Date.now() + 1000
+            ? 'The previous key keeps working until ' + dateTimeFmt.format(until) + '.'
+            : 'The previous key has stopped working.';
+        }
+        this._showSecret(reply.secret, note);
+      } else {
+        d.busy = false;
+        if (d.kind === 'revoke') d.returnFid = null; // its button is gone; focus the row
+        this._closeDialog();
+      }
+    }
+  }
+
+  function CSS_escape(s) {
+    return window.CSS && CSS.escape ? CSS.escape(s) : String(s).replace(/["\\]/g, '\\$&');
+  }
+
+  customElements.define(TAG, KeydApiKeys);
+})();
