@@ -1,0 +1,382 @@
+// Package httpapi is keyd's HTTP API: the read routes (keys, audit events,
+// the permission catalog) over the Postgres read models, the management
+// routes, which run through the same command path as NATS
+// (commands.Runner), widget sessions, CORS for the embedded widget, and
+// health, readiness and metrics.
+//
+// Every /v1 route needs "Authorization: Bearer <token>": the admin token, or,
+// on the routes the contract marks (W), a widget session token of the
+// organization in the path. Every reply is JSON (but /metrics); errors are
+// {"error": {"code", "message"}} with the status the contract gives each
+// code, written in one place (writeError); only internal and unavailable
+// errors are logged, never with bodies, tokens or secrets.
+//
+// Routes (POST /v1/keys/verify and /widget/* are added by the wiring through
+// Server.Extra):
+//
+//	GET    /v1/orgs/{org}/keys                        (W) list keys
+//	POST   /v1/orgs/{org}/keys                        (W) create: 201
+//	GET    /v1/orgs/{org}/keys/{key_id}               (W) one key
+//	PATCH  /v1/orgs/{org}/keys/{key_id}               (W) update
+//	POST   /v1/orgs/{org}/keys/{key_id}/revoke        (W) revoke
+//	PUT    /v1/orgs/{org}/keys/{key_id}/permissions   (W) set_permissions
+//	POST   /v1/orgs/{org}/keys/{key_id}/rotate        (W) rotate
+//	GET    /v1/orgs/{org}/events                          audit events
+//	GET    /v1/permissions                            (W) the catalog
+//	PUT    /v1/permissions/{slug}                         define
+//	DELETE /v1/permissions/{slug}                         retire
+//	POST   /v1/widget/sessions                            issue a widget session
+//	GET    /v1/widget/session                  (session) describe the caller's session
+//	GET    /healthz, /readyz, /metrics
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyd-dev/keyd/adapters/commands"
+	"github.com/keyd-dev/keyd/adapters/metrics"
+	"github.com/keyd-dev/keyd/adapters/postgres"
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// Defaults of the Server's tunables and the http.Server timeouts.
+const (
+	// DefaultMinSequenceWait bounds how long a GET with min_sequence waits
+	// for the read models (the contract's 5 s).
+	DefaultMinSequenceWait = 5 * time.Second
+	// DefaultRequestTimeout bounds one request's work; it exceeds the
+	// min_sequence wait so a waiting read answers 503, not a cut connection.
+	DefaultRequestTimeout = 15 * time.Second
+	// ShutdownTimeout is how long Serve lets requests in flight finish once
+	// its context ends.
+	ShutdownTimeout = 10 * time.Second
+
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 30 * time.Second
+	writeTimeout      = 30 * time.Second // > DefaultRequestTimeout
+	idleTimeout       = 120 * time.Second
+	maxHeaderBytes    = 64 << 10
+
+	// SequenceHeader carries, on every read (GET) reply, the stream
+	// sequence the read models had applied when the data was read: the data
+	// is at least that new.
+	SequenceHeader = "Keyd-Sequence"
+	// CommandIDHeader lets a client make retries of a management request
+	// idempotent, as on NATS.
+	CommandIDHeader = "Keyd-Command-Id"
+)
+
+// Server is keyd's HTTP API. Set its fields, then call Handler or Serve; do
+// not change them afterwards.
+type Server struct {
+	// Runner runs the management commands (the one command path).
+	Runner *commands.Runner
+	// Reads answers the read routes.
+	Reads *postgres.ReadModel
+	// AdminToken is the bearer token with access to every route. Empty
+	// disables admin access.
+	AdminToken string
+	// Sessions verifies widget session tokens and issues them. Nil disables
+	// widget sessions.
+	Sessions *Sessions
+	// Metrics records HTTP request counts and latencies and serves
+	// /metrics. Nil disables both.
+	Metrics *metrics.Metrics
+	// Ready reports readiness (NATS, Postgres, verifier caught up) for
+	// GET /readyz, with details for the reply body. Nil means ready.
+	Ready func(ctx context.Context) (ok bool, detail map[string]any)
+	// WidgetOrigins are the origins (exact "scheme://host[:port]") the
+	// widget may be embedded on; they get CORS on the widget routes.
+	WidgetOrigins []string
+	// AllowLocalhostOrigins also allows any http(s) origin on localhost,
+	// 127.0.0.1 or [::1] (keyd dev).
+	AllowLocalhostOrigins bool
+	// Log receives internal errors (nil: slog.Default()).
+	Log *slog.Logger
+	// Extra, if set, registers more routes (the verify route, /widget/*)
+	// on the mux; they get the same timeout, metrics, JSON 404/405 and panic
+	// handling.
+	Extra func(mux *http.ServeMux)
+	// MinSequenceWait bounds a min_sequence wait (DefaultMinSequenceWait
+	// if zero).
+	MinSequenceWait time.Duration
+	// RequestTimeout bounds each request (DefaultRequestTimeout if zero).
+	RequestTimeout time.Duration
+
+	once    sync.Once
+	handler http.Handler
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.Default()
+}
+
+func (s *Server) minSequenceWait() time.Duration {
+	if s.MinSequenceWait > 0 {
+		return s.MinSequenceWait
+	}
+	return DefaultMinSequenceWait
+}
+
+func (s *Server) requestTimeout() time.Duration {
+	if s.RequestTimeout > 0 {
+		return s.RequestTimeout
+	}
+	return DefaultRequestTimeout
+}
+
+// Handler returns the API's http.Handler, built on first use.
+func (s *Server) Handler() http.Handler {
+	s.once.Do(func() {
+		mux := http.NewServeMux()
+		s.routes(mux)
+		if s.Extra != nil {
+			s.Extra(mux)
+		}
+		s.handler = s.wrap(mux)
+	})
+	return s.handler
+}
+
+// ListenAndServe listens on addr and serves until ctx ends; see Serve.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("http: listen on %s: %w", addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves the API on ln until ctx ends, then shuts down gracefully:
+// it stops accepting, lets requests in flight finish for up to
+// ShutdownTimeout, then closes what is left. It returns nil after a
+// shutdown caused by ctx, or the error that stopped serving.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.logger().Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http: serve on %s: %w", ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if err != nil {
+		_ = srv.Close()
+		err = fmt.Errorf("http: shutdown: requests still running after %s were cut off: %w", ShutdownTimeout, err)
+	}
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = fmt.Errorf("http: serve on %s: %w", ln.Addr(), serr)
+	}
+	return err
+}
+
+// routes registers the contract's routes (but POST /v1/keys/verify and
+// /widget/*, which Extra adds).
+func (s *Server) routes(mux *http.ServeMux) {
+	r := router{s: s, mux: mux, preflights: map[string]bool{}}
+	r.handle("GET /v1/orgs/{org}/keys", widget, s.listKeys)
+	r.handle("POST /v1/orgs/{org}/keys", widget, s.command(commands.Create))
+	r.handle("GET /v1/orgs/{org}/keys/{key_id}", widget, s.getKey)
+	r.handle("PATCH /v1/orgs/{org}/keys/{key_id}", widget, s.command(commands.Update))
+	r.handle("POST /v1/orgs/{org}/keys/{key_id}/revoke", widget, s.command(commands.Revoke))
+	r.handle("PUT /v1/orgs/{org}/keys/{key_id}/permissions", widget, s.command(commands.SetPermissions))
+	r.handle("POST /v1/orgs/{org}/keys/{key_id}/rotate", widget, s.command(commands.Rotate))
+	r.handle("GET /v1/orgs/{org}/events", adminOnly, s.listEvents)
+	r.handle("GET /v1/permissions", widget, s.listPermissions)
+	r.handle("PUT /v1/permissions/{slug}", adminOnly, s.command(commands.Define))
+	r.handle("DELETE /v1/permissions/{slug}", adminOnly, s.command(commands.Retire))
+	r.handle("POST /v1/widget/sessions", adminOnly, s.createSession)
+	r.handle("GET /v1/widget/session", sessionOnly, s.getSession)
+
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics.Handler())
+	}
+}
+
+// authedHandler is a /v1 route's handler, called once the caller is
+// authenticated and authorized.
+type authedHandler func(w http.ResponseWriter, r *http.Request, c caller)
+
+type router struct {
+	s          *Server
+	mux        *http.ServeMux
+	preflights map[string]bool
+}
+
+// handle registers an authenticated route. Routes the widget calls also
+// get CORS headers and an OPTIONS preflight route for their path.
+func (rt router) handle(pattern string, a access, h authedHandler) {
+	s := rt.s
+	cors := a == widget || a == sessionOnly
+	if _, path, ok := strings.Cut(pattern, " "); ok && cors && !rt.preflights[path] {
+		rt.preflights[path] = true
+		rt.mux.HandleFunc("OPTIONS "+path, s.preflight)
+	}
+	rt.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		if cors {
+			s.cors(w, r)
+		}
+		c, err := s.authenticate(r)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		org := r.PathValue("org")
+		if org != "" && !domain.ValidOrgID(org) {
+			writeError(w, domain.Errorf(domain.EInvalid, "organization id %q in the path must match ^[A-Za-z0-9_-]{1,64}$", org))
+			return
+		}
+		if err := authorize(c, a, org); err != nil {
+			writeError(w, err)
+			return
+		}
+		if id := r.PathValue("key_id"); id != "" && !domain.ValidKeyID(id) {
+			writeError(w, domain.Errorf(domain.EInvalid, "key id %q in the path is not a key id (key_ followed by a 26-character ULID)", id))
+			return
+		}
+		if slug := r.PathValue("slug"); slug != "" && !domain.ValidSlug(slug) {
+			writeError(w, domain.Errorf(domain.EInvalid, "permission slug %q in the path must match ^[a-z0-9][a-z0-9_.:-]{0,127}$", slug))
+			return
+		}
+		h(w, r, c)
+	})
+}
+
+// wrap adds, around the mux, what every request gets: a deadline, metrics,
+// JSON replies for unknown routes (404) and methods (405), and a 500 for a
+// panicking handler.
+func (s *Server) wrap(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(r.Context(), s.requestTimeout())
+		defer cancel()
+		r = r.WithContext(ctx)
+		sw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler { //nolint:errorlint // a sentinel compared as net/http does
+					panic(v)
+				}
+				s.logger().Error("http handler panicked", "method", r.Method, "route", routeLabel(r),
+					"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				if !sw.wroteHeader {
+					writeError(sw, errors.New("panic"))
+				}
+			}
+			s.observe(r, sw.code(), time.Since(start))
+		}()
+		if _, pattern := mux.Handler(r); pattern == "" {
+			mux.ServeHTTP(&fallbackWriter{ResponseWriter: sw, method: r.Method, path: r.URL.Path}, r)
+			return
+		}
+		mux.ServeHTTP(sw, r)
+	})
+}
+
+// observe records one request in the metrics, labelled by route pattern
+// (never the raw path, which holds ids).
+func (s *Server) observe(r *http.Request, status int, d time.Duration) {
+	if s.Metrics == nil {
+		return
+	}
+	route := routeLabel(r)
+	s.Metrics.HTTPRequests.WithLabelValues(route, r.Method, fmt.Sprint(status)).Inc()
+	s.Metrics.HTTPSeconds.WithLabelValues(route, r.Method).Observe(d.Seconds())
+}
+
+// routeLabel is the route pattern r matched, or "unmatched".
+func routeLabel(r *http.Request) string {
+	if r.Pattern == "" {
+		return "unmatched"
+	}
+	return r.Pattern
+}
+
+// statusWriter remembers the status of a reply.
+type statusWriter struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader && code >= 200 {
+		w.status, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = http.StatusOK, true
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) code() int {
+	if !w.wroteHeader {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// fallbackWriter replaces the mux's plain-text 404 and 405 replies by JSON
+// errors (keeping the Allow header of a 405).
+type fallbackWriter struct {
+	http.ResponseWriter
+	method, path string
+	replaced     bool
+}
+
+func (w *fallbackWriter) WriteHeader(code int) {
+	switch code {
+	case http.StatusNotFound:
+		w.replaced = true
+		writeError(w.ResponseWriter, domain.Errorf(domain.ENotFound, "there is no route %s %q; the routes are listed in the keyd HTTP documentation", w.method, w.path))
+	case http.StatusMethodNotAllowed:
+		// The contract has no code of its own for this; the status says it.
+		w.replaced = true
+		writeJSON(w.ResponseWriter, http.StatusMethodNotAllowed, errorBody{Error: errorDetail{
+			Code:    domain.EInvalid,
+			Message: fmt.Sprintf("%s is not allowed on %s; use %s", w.method, w.path, w.ResponseWriter.Header().Get("Allow")),
+		}})
+	default:
+		w.ResponseWriter.WriteHeader(code)
+	}
+}
+
+func (w *fallbackWriter) Write(b []byte) (int, error) {
+	if w.replaced {
+		return len(b), nil
+	}
+	return w.ResponseWriter.Write(b)
+}
