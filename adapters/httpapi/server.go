@@ -11,8 +11,7 @@
 // code, written in one place (writeError); only internal and unavailable
 // errors are logged, never with bodies, tokens or secrets.
 //
-// Routes (POST /v1/keys/verify and /widget/* are added by the wiring through
-// Server.Extra):
+// Routes (/widget/* are added by the wiring through Server.Extra):
 //
 //	GET    /v1/orgs/{org}/keys                        (W) list keys
 //	POST   /v1/orgs/{org}/keys                        (W) create: 201
@@ -25,6 +24,7 @@
 //	GET    /v1/permissions                            (W) the catalog
 //	PUT    /v1/permissions/{slug}                         define
 //	DELETE /v1/permissions/{slug}                         retire
+//	POST   /v1/keys/verify                                verify a key (in-memory verifier)
 //	POST   /v1/widget/sessions                            issue a widget session
 //	GET    /v1/widget/session                  (session) describe the caller's session
 //	GET    /healthz, /readyz, /metrics
@@ -46,6 +46,7 @@ import (
 	"github.com/keyd-dev/keyd/adapters/metrics"
 	"github.com/keyd-dev/keyd/adapters/postgres"
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/verifier"
 )
 
 // Defaults of the Server's tunables and the http.Server timeouts.
@@ -106,6 +107,9 @@ type Server struct {
 	// on the mux; they get the same timeout, metrics, JSON 404/405 and panic
 	// handling.
 	Extra func(mux *http.ServeMux)
+	// Verifier answers POST /v1/keys/verify (nil: the route answers
+	// unavailable).
+	Verifier *verifier.Verifier
 	// MinSequenceWait bounds a min_sequence wait (DefaultMinSequenceWait
 	// if zero).
 	MinSequenceWait time.Duration
@@ -194,8 +198,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-// routes registers the contract's routes (but POST /v1/keys/verify and
-// /widget/*, which Extra adds).
+// routes registers the contract's routes (but /widget/*, which Extra adds).
 func (s *Server) routes(mux *http.ServeMux) {
 	r := router{s: s, mux: mux, preflights: map[string]bool{}}
 	r.handle("GET /v1/orgs/{org}/keys", widget, s.listKeys)
@@ -209,6 +212,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	r.handle("GET /v1/permissions", widget, s.listPermissions)
 	r.handle("PUT /v1/permissions/{slug}", adminOnly, s.command(commands.Define))
 	r.handle("DELETE /v1/permissions/{slug}", adminOnly, s.command(commands.Retire))
+	r.handle("POST /v1/keys/verify", adminOnly, s.verify)
 	r.handle("POST /v1/widget/sessions", adminOnly, s.createSession)
 	r.handle("GET /v1/widget/session", sessionOnly, s.getSession)
 

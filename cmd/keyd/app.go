@@ -106,6 +106,14 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	a.Verifier = verifier.New(verifier.Config{
 		Pool: a.Pool, JS: js, Conn: nc, Digester: digester, Now: time.Now,
 		MaxStaleness: a.cfg.VerifierMaxStaleness, Log: a.log,
+		// last_used_at reaches the listing in batches, never per verify.
+		OnLastUsed: func(ctx context.Context, used []verifier.LastUsed) error {
+			m := make(map[string]time.Time, len(used))
+			for _, u := range used {
+				m[u.KeyID] = u.At
+			}
+			return a.Reads.RecordLastUsed(ctx, m)
+		},
 	})
 	if err := a.Verifier.Start(bg); err != nil {
 		return fmt.Errorf("starting the verifier: %w", err)

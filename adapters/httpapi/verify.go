@@ -1,0 +1,48 @@
+package httpapi
+
+import (
+	"net/http"
+
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// verifyRequest is the body of POST /v1/keys/verify.
+type verifyRequest struct {
+	Key         string   `json:"key"`
+	Permissions []string `json:"permissions"`
+}
+
+// verify answers POST /v1/keys/verify from this process's in-memory
+// verifier: always 200 with {"valid", "code", "key"?, "sequence"} for a
+// well-formed request (a malformed key is code "malformed", not an error);
+// 400 for a malformed body; 503 unavailable when the verifier is not caught
+// up or has been cut off from the stream longer than its staleness bound.
+func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
+	if s.Verifier == nil {
+		writeError(w, domain.Errorf(domain.EUnavailable, "this process has no verifier"))
+		return
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var req verifyRequest
+	if err := domain.DecodeCommand(body, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.Key == "" {
+		writeError(w, domain.Errorf(domain.EInvalid, `"key" is required: the API key to verify`))
+		return
+	}
+	res, err := s.Verifier.Verify(r.Context(), req.Key, req.Permissions...)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if s.Metrics != nil {
+		s.Metrics.Verifications.WithLabelValues(res.Code).Inc()
+	}
+	writeJSON(w, http.StatusOK, res)
+}
