@@ -1,0 +1,635 @@
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore/storetest"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// startServer starts a single JetStream server on dir and stops it when the
+// test ends.
+func startServer(tb testing.TB, dir string) *server.Server {
+	tb.Helper()
+	s, err := server.NewServer(&server.Options{
+		JetStream: true, StoreDir: dir,
+		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		tb.Fatal("nats-server not ready")
+	}
+	tb.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+func connect(tb testing.TB, urls string) (*nats.Conn, jetstream.JetStream) {
+	tb.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return nc, js
+}
+
+type fixture struct {
+	srv    *server.Server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	store  *JetStream
+}
+
+// newFixture starts a fresh server with the KEYD_EVENTS stream.
+func newFixture(tb testing.TB, opts ...Option) *fixture {
+	tb.Helper()
+	srv := startServer(tb, tb.TempDir())
+	nc, js := connect(tb, srv.ClientURL())
+	st, err := EnsureStream(context.Background(), js, 1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &fixture{srv: srv, nc: nc, js: js, stream: st, store: NewJetStream(js, nc, st, opts...)}
+}
+
+func TestJetStreamConformance(t *testing.T) {
+	t.Run("DirectGet", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) domain.EventStore { return newFixture(t).store })
+	})
+	t.Run("LeaderReads", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) domain.EventStore { return newFixture(t, WithLeaderReads()).store })
+	})
+}
+
+func appendOf(subject string, expected uint64, id, typ string) domain.Append {
+	return domain.Append{Subject: subject, ExpectedSequence: expected, MsgID: id, Type: typ, Data: []byte(`{"id":"` + id + `"}`)}
+}
+
+// TestJetStreamHeaders checks what goes over the wire: a plain subscriber
+// sees every header, including an expected last subject sequence of 0 (so
+// "the subject must be empty" is really asked of the server), and the stored
+// message keeps the event type and Msg-Id.
+func TestJetStreamHeaders(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	sub, err := f.nc.SubscribeSync(domain.EventSubjects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, k2, k3 := domain.KeySubject("o", "k1"), domain.KeySubject("o", "k2"), domain.KeySubject("o", "k3")
+	s1, err := f.store.Append(ctx, appendOf(k1, 0, "e1", domain.EventKeyCreated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Append(ctx, appendOf(k1, s1, "e2", domain.EventKeyRotated), appendOf(k2, 0, "e3", domain.EventKeyCreated), appendOf(k3, 0, "e4", domain.EventKeyCreated)); err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		subject, id, typ, expected string
+		batchSeq                   string
+		commit                     string
+	}{
+		{k1, "e1", domain.EventKeyCreated, "0", "", ""},
+		{k1, "e2", domain.EventKeyRotated, strconv.FormatUint(s1, 10), "1", ""},
+		{k2, "e3", domain.EventKeyCreated, "0", "2", ""},
+		{k3, "e4", domain.EventKeyCreated, "0", "3", "1"},
+	}
+	var batchID string
+	for i, w := range want {
+		m, err := sub.NextMsg(2 * time.Second)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		h := m.Header
+		if m.Subject != w.subject || h.Get(HeaderEventType) != w.typ || h.Get(jetstream.MsgIDHeader) != w.id ||
+			h.Get(jetstream.ExpectedStreamHeader) != domain.StreamName {
+			t.Errorf("message %d: %s %v", i, m.Subject, h)
+		}
+		if got, ok := h[jetstream.ExpectedLastSubjSeqHeader]; !ok || len(got) != 1 || got[0] != w.expected {
+			t.Errorf("message %d: %s = %q, want %q", i, jetstream.ExpectedLastSubjSeqHeader, got, w.expected)
+		}
+		if h.Get(headerBatchSeq) != w.batchSeq || h.Get(headerBatchCommit) != w.commit {
+			t.Errorf("message %d: batch headers %v", i, h)
+		}
+		if w.batchSeq != "" {
+			if id := h.Get(headerBatchID); id == "" || len(id) > 64 || (batchID != "" && id != batchID) {
+				t.Errorf("message %d: batch id %q (first %q)", i, id, batchID)
+			} else {
+				batchID = id
+			}
+		}
+	}
+	for seq, w := range map[uint64]struct{ id, typ string }{1: {"e1", domain.EventKeyCreated}, 4: {"e4", domain.EventKeyCreated}} {
+		m, err := f.stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Header.Get(HeaderEventType) != w.typ || m.Header.Get(jetstream.MsgIDHeader) != w.id {
+			t.Errorf("stored message %d headers: %v", seq, m.Header)
+		}
+	}
+}
+
+// TestJetStreamDuplicates pins down how this server answers repeats, and
+// what the store makes of each answer.
+func TestJetStreamDuplicates(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	subj := domain.KeySubject("o", "dup")
+
+	// A plain repeat (same Msg-Id, no guard): a duplicate ack, original seq.
+	pub := func(opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+		m := &nats.Msg{Subject: subj, Data: []byte("x"), Header: nats.Header{HeaderEventType: {domain.EventKeyCreated}}}
+		return f.js.PublishMsg(ctx, m, append(opts, jetstream.WithMsgID("d1"))...)
+	}
+	a1, err := pub()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, err := pub()
+	if err != nil || !a2.Duplicate || a2.Sequence != a1.Sequence {
+		t.Fatalf("repeat: %+v, %v; want duplicate of %d", a2, err, a1.Sequence)
+	}
+	// The same repeat with the (now stale) guard it first had: a single
+	// server checks the guard first and answers 10071.
+	_, err = pub(jetstream.WithExpectLastSequencePerSubject(0))
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != codeWrongLastSeq {
+		t.Fatalf("guarded repeat: %v; want err_code 10071", err)
+	}
+	// Through the store: the retry is ErrConflict, nothing stored.
+	a := domain.Append{Subject: subj, ExpectedSequence: 0, MsgID: "d1", Type: domain.EventKeyCreated, Data: []byte("x")}
+	if _, err := f.store.Append(ctx, a); !errors.Is(err, domain.ErrConflict) {
+		t.Fatalf("store retry: %v; want ErrConflict", err)
+	}
+	// What a replicated stream answers instead (a duplicate ack) is confirmed
+	// by one leader read: the original must be a's own write.
+	if seq, err := f.store.confirmDuplicate(ctx, a, a1.Sequence); err != nil || seq != a1.Sequence {
+		t.Fatalf("confirmDuplicate of the original = %d, %v", seq, err)
+	}
+	if _, err := f.store.confirmDuplicate(ctx, a, a1.Sequence+5); !errors.Is(err, domain.ErrConflict) {
+		t.Fatalf("confirmDuplicate of another sequence: %v; want ErrConflict", err)
+	}
+	other := a
+	other.Subject = domain.KeySubject("o", "elsewhere")
+	if _, err := f.store.confirmDuplicate(ctx, other, a1.Sequence); !errors.Is(err, domain.ErrConflict) {
+		t.Fatalf("confirmDuplicate on another subject: %v; want ErrConflict", err)
+	}
+	// The Msg-Id on an empty subject: the guard holds, the server dedupes
+	// and acks a duplicate of a message elsewhere: ErrConflict, not success.
+	if _, err := f.store.Append(ctx, other); !errors.Is(err, domain.ErrConflict) || !errors.Is(err, errMsgIDStored) {
+		t.Fatalf("Msg-Id reused on another subject: %v; want ErrConflict", err)
+	}
+	if n, err := f.store.LastSequence(ctx); err != nil || n != a1.Sequence {
+		t.Fatalf("LastSequence = %d, %v; want %d (nothing stored since)", n, err, a1.Sequence)
+	}
+}
+
+// TestJetStreamRetriesWhileStreamIsAway: while no server answers for the
+// stream (as during a leader election), appends are retried, and land once
+// it is back; if it stays away the append fails with ErrUnavailable.
+func TestJetStreamRetriesWhileStreamIsAway(t *testing.T) {
+	f := newFixture(t, WithRetry(6, time.Second, 50*time.Millisecond))
+	ctx := t.Context()
+	for _, n := range []int{1, 2} {
+		t.Run(fmt.Sprintf("%d messages", n), func(t *testing.T) {
+			if err := f.js.DeleteStream(ctx, domain.StreamName); err != nil {
+				t.Fatal(err)
+			}
+			back := make(chan error, 1)
+			time.AfterFunc(120*time.Millisecond, func() {
+				_, err := EnsureStream(context.Background(), f.js, 1)
+				back <- err
+			})
+			var msgs []domain.Append
+			for i := range n {
+				msgs = append(msgs, appendOf(domain.KeySubject("o", fmt.Sprintf("k%d", i)), 0, fmt.Sprintf("away-%d-%d", n, i), domain.EventKeyCreated))
+			}
+			start := time.Now()
+			seq, err := f.store.Append(ctx, msgs...)
+			if err != nil {
+				t.Fatalf("Append: %v", err)
+			}
+			if err := <-back; err != nil {
+				t.Fatal(err)
+			}
+			if seq != uint64(n) || time.Since(start) < 100*time.Millisecond {
+				t.Fatalf("Append = %d after %v; want %d after the stream came back", seq, time.Since(start), n)
+			}
+		})
+	}
+	t.Run("never back", func(t *testing.T) {
+		if err := f.js.DeleteStream(ctx, domain.StreamName); err != nil {
+			t.Fatal(err)
+		}
+		s := NewJetStream(f.js, nil, f.stream, WithRetry(3, 200*time.Millisecond, 10*time.Millisecond))
+		_, err := s.Append(ctx, appendOf(domain.KeySubject("o", "k"), 0, "never", domain.EventKeyCreated))
+		if !errors.Is(err, ErrUnavailable) || errors.Is(err, domain.ErrConflict) {
+			t.Fatalf("Append with no stream: %v; want ErrUnavailable", err)
+		}
+		_, err = s.Append(ctx, appendOf(domain.KeySubject("o", "k"), 0, "never1", domain.EventKeyCreated), appendOf(domain.KeySubject("o", "k2"), 0, "never2", domain.EventKeyCreated))
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("batch Append with no stream: %v; want ErrUnavailable", err)
+		}
+		if _, _, err := s.Last(ctx, domain.KeySubject("o", "k")); err == nil {
+			t.Fatalf("Last with no stream: no error")
+		}
+		// The caller's deadline ends the retries; the outcome is unknown.
+		short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+		defer cancel()
+		s = NewJetStream(f.js, nil, f.stream, WithRetry(10, time.Second, 100*time.Millisecond))
+		_, err = s.Append(short, appendOf(domain.KeySubject("o", "k"), 0, "never3", domain.EventKeyCreated))
+		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Append past the caller's deadline: %v; want ErrUnavailable and DeadlineExceeded", err)
+		}
+	})
+}
+
+func TestJetStreamLastSequence(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	if n, err := f.store.LastSequence(ctx); err != nil || n != 0 {
+		t.Fatalf("empty: %d, %v", n, err)
+	}
+	if _, err := f.store.Append(ctx, appendOf(domain.KeySubject("o", "a"), 0, "1", domain.EventKeyCreated), appendOf(domain.KeySubject("o", "b"), 0, "2", domain.EventKeyCreated)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.store.LastSequence(ctx); err != nil || n != 2 {
+		t.Fatalf("after a batch of 2: %d, %v", n, err)
+	}
+}
+
+func checkStreamConfig(t *testing.T, cfg jetstream.StreamConfig, replicas int) {
+	t.Helper()
+	if cfg.Name != domain.StreamName || len(cfg.Subjects) != 1 || cfg.Subjects[0] != domain.EventSubjects ||
+		cfg.Storage != jetstream.FileStorage || cfg.Retention != jetstream.LimitsPolicy ||
+		cfg.MaxMsgs != -1 || cfg.MaxBytes != -1 || cfg.MaxAge != 0 || cfg.MaxMsgsPerSubject != -1 ||
+		cfg.Discard != jetstream.DiscardNew || !cfg.DenyDelete || !cfg.DenyPurge || !cfg.AllowDirect ||
+		!cfg.AllowAtomicPublish || cfg.Duplicates != DuplicateWindow || cfg.Replicas != replicas {
+		t.Fatalf("stream config: %+v", cfg)
+	}
+}
+
+func TestEnsureStream(t *testing.T) {
+	srv := startServer(t, t.TempDir())
+	_, js := connect(t, srv.ClientURL())
+	ctx := t.Context()
+
+	for _, r := range []int{0, 6} {
+		if _, err := EnsureStream(ctx, js, r); err == nil {
+			t.Fatalf("replicas %d: no error", r)
+		}
+	}
+	// A single server cannot hold 3 replicas: the server's refusal is the error.
+	if _, err := EnsureStream(ctx, js, 3); err == nil {
+		t.Fatalf("replicas 3 on a single server: no error")
+	} else {
+		t.Logf("replicas 3 on one server: %v", err)
+	}
+
+	st1, err := EnsureStream(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st2, err := EnsureStream(ctx, js, 1)
+	if err != nil {
+		t.Fatalf("second EnsureStream: %v", err)
+	}
+	checkStreamConfig(t, st1.CachedInfo().Config, 1)
+	checkStreamConfig(t, st2.CachedInfo().Config, 1)
+
+	s := NewJetStream(js, nil, st2)
+	seq, err := s.Append(ctx, appendOf(domain.KeySubject("o", "k"), 0, "e1", domain.EventKeyCreated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st2.Purge(ctx); err == nil {
+		t.Fatalf("purge: no error")
+	}
+	if err := st2.DeleteMsg(ctx, seq); err == nil {
+		t.Fatalf("delete message: no error")
+	}
+	if _, ok, err := s.Last(ctx, domain.KeySubject("o", "k")); err != nil || !ok {
+		t.Fatalf("after purge and delete attempts: ok=%v, %v", ok, err)
+	}
+
+	// A stream someone loosened is brought back to the configuration.
+	loose := StreamConfig(1)
+	loose.Duplicates = time.Minute
+	loose.AllowDirect = false
+	if _, err := js.UpdateStream(ctx, loose); err != nil {
+		t.Fatal(err)
+	}
+	st3, err := EnsureStream(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStreamConfig(t, st3.CachedInfo().Config, 1)
+}
+
+// TestEnsureStreamRefusedUpdate: a change the server cannot make to an
+// existing stream is an error, and the stream is left as it was.
+func TestEnsureStreamRefusedUpdate(t *testing.T) {
+	srv := startServer(t, t.TempDir())
+	_, js := connect(t, srv.ClientURL())
+	ctx := t.Context()
+	mem := StreamConfig(1)
+	mem.Storage = jetstream.MemoryStorage
+	if _, err := js.CreateStream(ctx, mem); err != nil {
+		t.Fatal(err)
+	}
+	_, err := EnsureStream(ctx, js, 1)
+	if err == nil {
+		t.Fatal("changing the storage type: no error")
+	}
+	t.Logf("refused: %v", err)
+	st, err := js.Stream(ctx, domain.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.CachedInfo().Config.Storage != jetstream.MemoryStorage {
+		t.Fatalf("stream changed anyway")
+	}
+}
+
+// TestStreamSurvivesRestart: the stream, its configuration and its messages
+// are still there after the server restarts on the same store directory.
+func TestStreamSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	ctx := t.Context()
+	subj := domain.KeySubject("o", "k")
+
+	srv := startServer(t, dir)
+	_, js := connect(t, srv.ClientURL())
+	st, err := EnsureStream(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s1, err := NewJetStream(js, nil, st).Append(ctx, appendOf(subj, 0, "e1", domain.EventKeyCreated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	srv.WaitForShutdown()
+
+	srv2 := startServer(t, dir)
+	_, js2 := connect(t, srv2.ClientURL())
+	st2, err := js2.Stream(ctx, domain.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStreamConfig(t, st2.CachedInfo().Config, 1)
+	if err := st2.Purge(ctx); err == nil {
+		t.Fatalf("purge after restart: no error")
+	}
+	st3, err := EnsureStream(ctx, js2, 1)
+	if err != nil {
+		t.Fatalf("EnsureStream after restart: %v", err)
+	}
+	s := NewJetStream(js2, nil, st3)
+	rec, ok, err := s.Last(ctx, subj)
+	if err != nil || !ok || rec.Sequence != s1 {
+		t.Fatalf("Last after restart = %+v, %v, %v", rec, ok, err)
+	}
+	if _, err := s.Append(ctx, appendOf(subj, 0, "e2", domain.EventKeyCreated)); !errors.Is(err, domain.ErrConflict) {
+		t.Fatalf("guard after restart: %v; want ErrConflict", err)
+	}
+	if s2, err := s.Append(ctx, appendOf(subj, s1, "e2", domain.EventKeyUpdated)); err != nil || s2 != s1+1 {
+		t.Fatalf("append after restart = %d, %v", s2, err)
+	}
+}
+
+// freePorts returns n TCP ports that were free a moment ago.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	var ls []net.Listener
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return ports
+}
+
+// startCluster starts a 3-node JetStream cluster on loopback and returns a
+// client URL list of all nodes.
+func startCluster(t *testing.T) ([]*server.Server, string) {
+	t.Helper()
+	ports := freePorts(t, 3)
+	var routes string
+	for i, p := range ports {
+		if i > 0 {
+			routes += ","
+		}
+		routes += fmt.Sprintf("nats://127.0.0.1:%d", p)
+	}
+	base := t.TempDir()
+	var srvs []*server.Server
+	var urls string
+	for i := range 3 {
+		s, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: filepath.Join(base, fmt.Sprintf("n%d", i+1)),
+			Cluster: server.ClusterOpts{Name: "keyd-test", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  server.RoutesFromStr(routes), NoSigs: true, NoLog: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+		srvs = append(srvs, s)
+	}
+	for i, s := range srvs {
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("cluster node not ready")
+		}
+		if i > 0 {
+			urls += ","
+		}
+		urls += s.ClientURL()
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		leader := false
+		for _, s := range srvs {
+			leader = leader || s.JetStreamIsLeader()
+		}
+		if leader {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no JetStream meta leader")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return srvs, urls
+}
+
+// TestJetStreamCluster runs the conformance suite on an R3 stream (where
+// conflicts may come back as 10164 and a retried append as a duplicate ack),
+// and checks that EnsureStream does not lower the replica count.
+func TestJetStreamCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a 3-node cluster")
+	}
+	_, urls := startCluster(t)
+	nc, js := connect(t, urls)
+	ctx := t.Context()
+	ensure := func(t *testing.T) jetstream.Stream {
+		t.Helper()
+		var st jetstream.Stream
+		var err error
+		for range 50 { // the meta leader may still be settling
+			if st, err = EnsureStream(ctx, js, 3); err == nil {
+				return st
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("EnsureStream R3: %v", err)
+		return nil
+	}
+
+	t.Run("NoDowngrade", func(t *testing.T) {
+		ensure(t)
+		if _, err := EnsureStream(ctx, js, 1); err == nil {
+			t.Fatal("lowering replicas 3 → 1: no error")
+		}
+		st, err := js.Stream(ctx, domain.StreamName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkStreamConfig(t, st.CachedInfo().Config, 3)
+	})
+	t.Run("RetryIsDuplicate", func(t *testing.T) {
+		if err := js.DeleteStream(ctx, domain.StreamName); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			t.Fatal(err)
+		}
+		s := NewJetStream(js, nc, ensure(t))
+		a := appendOf(domain.KeySubject("o", "k"), 0, "r3-e1", domain.EventKeyCreated)
+		s1, err := s.Append(ctx, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq, err := s.Append(ctx, a)
+		t.Logf("R3 retry of a landed append: seq %d, err %v", seq, err)
+		if err != nil && !errors.Is(err, domain.ErrConflict) || err == nil && seq != s1 {
+			t.Fatalf("retry: %d, %v", seq, err)
+		}
+	})
+	for name, opts := range map[string][]Option{"DirectGet": nil, "LeaderReads": {WithLeaderReads()}} {
+		t.Run("Conformance/"+name, func(t *testing.T) {
+			storetest.Run(t, func(t *testing.T) domain.EventStore {
+				if err := js.DeleteStream(ctx, domain.StreamName); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+					t.Fatal(err)
+				}
+				return NewJetStream(js, nc, ensure(t), opts...)
+			})
+		})
+	}
+}
+
+// BenchmarkAppend: single-message appends, each creating a new subject.
+func BenchmarkAppend(b *testing.B) {
+	f := newFixture(b)
+	ctx := context.Background()
+	i := 0
+	for b.Loop() {
+		i++
+		id := strconv.Itoa(i)
+		if _, err := f.store.Append(ctx, appendOf(domain.KeySubject("bench", "k"+id), 0, "b"+id, domain.EventKeyCreated)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAppendBatch: two-message atomic appends (what rotate writes).
+func BenchmarkAppendBatch(b *testing.B) {
+	f := newFixture(b)
+	ctx := context.Background()
+	i := 0
+	for b.Loop() {
+		i++
+		id := strconv.Itoa(i)
+		if _, err := f.store.Append(ctx,
+			appendOf(domain.KeySubject("bench", "old"+id), 0, "o"+id, domain.EventKeyRotated),
+			appendOf(domain.KeySubject("bench", "new"+id), 0, "n"+id, domain.EventKeyCreated)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkLast: Last of a random subject in a stream of 100 and of 10,000
+// subjects (3 messages each): the figure does not grow with the stream, it
+// is one lookup, no scan.
+func BenchmarkLast(b *testing.B) {
+	for _, subjects := range []int{100, 10_000} {
+		b.Run(fmt.Sprintf("subjects=%d", subjects), func(b *testing.B) { benchLast(b, subjects) })
+	}
+	b.Run("subjects=10000/leader", func(b *testing.B) { benchLast(b, 10_000, WithLeaderReads()) })
+}
+
+func benchLast(b *testing.B, subjects int, opts ...Option) {
+	const perSubject = 3
+	f := newFixture(b, opts...)
+	ctx := context.Background()
+	for round := range perSubject {
+		var futures []jetstream.PubAckFuture
+		for i := range subjects {
+			m := &nats.Msg{Subject: domain.KeySubject("bench", "k"+strconv.Itoa(i)), Data: []byte(`{"round":` + strconv.Itoa(round) + `}`)}
+			fut, err := f.js.PublishMsgAsync(m)
+			if err != nil {
+				b.Fatal(err)
+			}
+			futures = append(futures, fut)
+		}
+		select {
+		case <-f.js.PublishAsyncComplete():
+		case <-time.After(30 * time.Second):
+			b.Fatal("async publishes not acked")
+		}
+		for _, fut := range futures {
+			select {
+			case <-fut.Ok():
+			case err := <-fut.Err():
+				b.Fatal(err)
+			}
+		}
+	}
+	if n, _ := f.store.LastSequence(ctx); n != uint64(subjects*perSubject) {
+		b.Fatalf("stream holds %d messages", n)
+	}
+	for b.Loop() {
+		subj := domain.KeySubject("bench", "k"+strconv.Itoa(rand.IntN(subjects)))
+		rec, ok, err := f.store.Last(ctx, subj)
+		if err != nil || !ok || rec.Sequence <= uint64(2*subjects) {
+			b.Fatalf("Last(%s) = %d, %v, %v", subj, rec.Sequence, ok, err)
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package eventstore
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// Memory is domain.EventStore in memory, for tests of the rules. It keeps
+// the JetStream store's contract (and passes the same storetest suite):
+//
+//   - sequences start at 1 and are contiguous across all subjects, like a
+//     stream's;
+//   - an append of several messages stores all or none, each guarded by its
+//     ExpectedSequence against the state before the append; a guard that does
+//     not hold is ErrConflict;
+//   - a MsgID is remembered forever (JetStream: for DuplicateWindow). A
+//     single-message append whose MsgID is stored, as the first message on
+//     its subject after its ExpectedSequence, is a duplicate: success with
+//     the original sequence, nothing stored. A MsgID stored as any other
+//     message is ErrConflict, and so is a stored MsgID in a multi-message
+//     append (as JetStream's atomic batches answer);
+//   - the same validation as JetStream (literal subjects under keyd.events.,
+//     MsgID and Type set, no subject or MsgID twice in one append);
+//   - Data is copied in and out: callers may reuse their buffers.
+//
+// It is safe for concurrent use. The zero value is not usable; call
+// NewMemory.
+type Memory struct {
+	mu   sync.Mutex
+	log  []memRecord       // log[i] has sequence i+1
+	last map[string]uint64 // subject → sequence of its last message
+	ids  map[string]uint64 // MsgID → sequence
+}
+
+type memRecord struct {
+	subject string
+	prev    uint64 // sequence of the previous message on subject (0: none)
+	msgID   string
+	typ     string
+	data    []byte
+}
+
+// NewMemory returns an empty in-memory event store.
+func NewMemory() *Memory {
+	return &Memory{last: map[string]uint64{}, ids: map[string]uint64{}}
+}
+
+// Append stores msgs atomically, each guarded by its ExpectedSequence, and
+// returns the sequence of the last one.
+func (m *Memory) Append(ctx context.Context, msgs ...domain.Append) (uint64, error) {
+	if err := checkAppends(msgs); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("eventstore: append: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+
+	for _, a := range msgs {
+		seq, stored := m.ids[a.MsgID]
+		if !stored {
+			continue
+		}
+		r := m.log[seq-1]
+		if len(msgs) == 1 && r.subject == a.Subject && r.prev == a.ExpectedSequence {
+			return seq, nil // a retry of an append that landed
+		}
+		return 0, conflict(a.Subject, a.ExpectedSequence,
+			fmt.Errorf("%w (MsgID %s at sequence %d)", errMsgIDStored, a.MsgID, seq))
+	}
+	for _, a := range msgs {
+		if got := m.last[a.Subject]; got != a.ExpectedSequence {
+			return 0, conflict(a.Subject, a.ExpectedSequence, fmt.Errorf("last sequence is %d", got))
+		}
+	}
+	for _, a := range msgs {
+		m.log = append(m.log, memRecord{
+			subject: a.Subject, prev: m.last[a.Subject], msgID: a.MsgID, typ: a.Type,
+			data: slices.Clone(a.Data),
+		})
+		seq := uint64(len(m.log))
+		m.last[a.Subject] = seq
+		m.ids[a.MsgID] = seq
+	}
+	return uint64(len(m.log)), nil
+}
+
+// Last returns the newest message on subject, or ok=false if it has none.
+func (m *Memory) Last(ctx context.Context, subject string) (domain.Record, bool, error) {
+	if err := checkSubject(subject); err != nil {
+		return domain.Record{}, false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return domain.Record{}, false, fmt.Errorf("eventstore: last message on %s: %w", subject, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seq, ok := m.last[subject]
+	if !ok {
+		return domain.Record{}, false, nil
+	}
+	return domain.Record{Subject: subject, Sequence: seq, Data: slices.Clone(m.log[seq-1].data)}, true, nil
+}
+
+// LastSequence returns the sequence of the newest message (0: none).
+func (m *Memory) LastSequence(ctx context.Context) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return uint64(len(m.log)), nil
+}
+
+// Type returns the event type stored with the message at seq ("" if none).
+// For tests: the JetStream store keeps it in the Keyd-Event-Type header.
+func (m *Memory) Type(seq uint64) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if seq == 0 || seq > uint64(len(m.log)) {
+		return ""
+	}
+	return m.log[seq-1].typ
+}
+
+var _ domain.EventStore = (*Memory)(nil)

@@ -1,0 +1,82 @@
+// Package eventstore implements domain.EventStore and domain.IdempotencyStore:
+// on NATS JetStream (the real stores) and in memory (for tests of the rules).
+//
+// Every store here passes the conformance suite in eventstore/storetest.
+// Nothing in this package logs, and no error it returns contains a message
+// payload.
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/keyd-dev/keyd/domain"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DuplicateWindow is the stream's Msg-Id deduplication window: an append
+// retried with the same MsgIDs within it is never stored twice. Beyond it,
+// idempotency rests on the expected-sequence guard and the command id in the
+// event (the domain's job).
+const DuplicateWindow = 2 * time.Minute
+
+// StreamConfig returns the configuration of the KEYD_EVENTS stream: every
+// event on keyd.events.> kept forever on file storage, no limits (and if one
+// is ever set, DiscardNew makes publishes fail instead of dropping old
+// events), no deletes or purges, direct gets for one-lookup loads, atomic
+// batch publish for multi-key commands, a 2-minute dedupe window.
+func StreamConfig(replicas int) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:               domain.StreamName,
+		Description:        "keyd events: the source of truth",
+		Subjects:           []string{domain.EventSubjects},
+		Storage:            jetstream.FileStorage,
+		Retention:          jetstream.LimitsPolicy,
+		MaxMsgs:            -1,
+		MaxBytes:           -1,
+		MaxAge:             0,
+		MaxMsgsPerSubject:  -1,
+		MaxMsgSize:         -1,
+		MaxConsumers:       -1,
+		Discard:            jetstream.DiscardNew,
+		Duplicates:         DuplicateWindow,
+		DenyDelete:         true,
+		DenyPurge:          true,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+		Replicas:           replicas,
+	}
+}
+
+// EnsureStream creates the KEYD_EVENTS stream (see StreamConfig) or brings an
+// existing one to that configuration, and returns it. It is idempotent and
+// safe to run from several instances at once.
+//
+// It never lowers the replica count of an existing stream: asking for fewer
+// replicas than the stream has is an error, and the stream is left alone.
+// An update the server refuses (for example a change of storage type) is
+// returned as an error naming the stream; the stream is then unchanged.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
+	if replicas < 1 || replicas > 5 {
+		return nil, fmt.Errorf("eventstore: stream %s: replicas must be 1 to 5, not %d", domain.StreamName, replicas)
+	}
+	existing, err := js.Stream(ctx, domain.StreamName)
+	switch {
+	case err == nil:
+		info := existing.CachedInfo()
+		if info != nil && info.Config.Replicas > replicas {
+			return nil, fmt.Errorf("eventstore: stream %s has %d replicas; refusing to lower them to %d (change replicas deliberately, not at start-up)",
+				domain.StreamName, info.Config.Replicas, replicas)
+		}
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	default:
+		return nil, fmt.Errorf("eventstore: looking up stream %s: %w", domain.StreamName, err)
+	}
+	st, err := js.CreateOrUpdateStream(ctx, StreamConfig(replicas))
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: the server refused to create or update stream %s: %w", domain.StreamName, err)
+	}
+	return st, nil
+}
