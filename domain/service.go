@@ -52,7 +52,7 @@ type KeyResult struct {
 // RotateKeyResult is the reply to rotate.
 type RotateKeyResult struct {
 	Key      KeyView `json:"key"`
-	Secret   string  `json:"secret"`
+	Secret   string  `json:"secret,omitempty"`
 	Previous KeyView `json:"previous"`
 	Sequence uint64  `json:"sequence"`
 }
@@ -249,11 +249,17 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	}
 	keyID := KeyIDPrefix + ulid
 
-	if cmd.IdempotencyKey != "" {
+	// A client-given command id makes a resent create idempotent too, as an
+	// idempotency key scoped to command ids.
+	idem := cmd.IdempotencyKey
+	if idem == "" && cmd.CommandID != "" {
+		idem = "keyd-command-id:" + cmd.CommandID
+	}
+	if idem != "" {
 		if s.Idempotency == nil {
 			return CreateKeyResult{}, Errorf(EUnavailable, "idempotency keys are not available on this server")
 		}
-		rec, reserved, err := s.Idempotency.Reserve(ctx, org, cmd.IdempotencyKey, keyID, now)
+		rec, reserved, err := s.Idempotency.Reserve(ctx, org, idem, keyID, now)
 		if err != nil {
 			return CreateKeyResult{}, storeError(err)
 		}
@@ -268,7 +274,7 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 			if now.Sub(rec.At) < staleReservation {
 				return CreateKeyResult{}, Errorf(EConflict, "a create with this idempotency_key is still in progress; retry in a moment")
 			}
-			replaced, err := s.Idempotency.Replace(ctx, org, cmd.IdempotencyKey, rec, keyID, now)
+			replaced, err := s.Idempotency.Replace(ctx, org, idem, rec, keyID, now)
 			if err != nil {
 				return CreateKeyResult{}, storeError(err)
 			}
@@ -278,8 +284,8 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 		}
 	}
 	res, err := s.appendNewKey(ctx, org, keyID, cmdID, cmd, perms, expires, now)
-	if err != nil && cmd.IdempotencyKey != "" {
-		_ = s.Idempotency.Release(context.WithoutCancel(ctx), org, cmd.IdempotencyKey, keyID)
+	if err != nil && idem != "" {
+		_ = s.Idempotency.Release(context.WithoutCancel(ctx), org, idem, keyID)
 	}
 	return res, err
 }
@@ -344,7 +350,12 @@ type change struct {
 // reloads and decides again on conflict, up to MaxAttempts times. A conflict
 // whose cause is this very command (its append landed but the reply was
 // lost) counts as success.
-func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, actor Actor, retry bool,
+//
+// A command id given by the client (clientID) is also looked for on the
+// first attempt: a client resending a command whose reply it lost gets the
+// key as that command left it, and nothing is appended again (as long as no
+// other change came in between; then the command is decided anew).
+func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, clientID bool, actor Actor, retry bool,
 	decide func(k KeyState, now time.Time) ([]change, error)) (KeyState, []change, uint64, error) {
 	if !ValidOrgID(org) {
 		return KeyState{}, nil, 0, Errorf(EInvalid, "organization id %q must match ^[A-Za-z0-9_-]{1,64}$", org)
@@ -361,8 +372,8 @@ func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, actor Ac
 		if !ok {
 			return KeyState{}, nil, 0, Errorf(ENotFound, "key %s not found in organization %s", keyID, org)
 		}
-		if attempt > 1 && lastCommandID(rec) == cmdID {
-			// Our earlier attempt landed; its reply was lost.
+		if (attempt > 1 || clientID) && lastCommandID(rec) == cmdID {
+			// Our earlier attempt (or the client's) landed; its reply was lost.
 			return k, nil, rec.Sequence, nil
 		}
 		changes, err := decide(k, now)
@@ -418,7 +429,7 @@ func (s *Service) RevokeKey(ctx context.Context, org string, cmd RevokeKey) (Key
 	if err != nil {
 		return KeyResult{}, err
 	}
-	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
+	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
 		if k.Status == StatusRevoked {
 			return nil, nil
 		}
@@ -454,7 +465,7 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 	if err := catalog.CheckGrantable(perms); err != nil {
 		return KeyResult{}, err
 	}
-	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, actorOr(cmd.Actor), cmd.ExpectedVersion == nil, func(k KeyState, now time.Time) ([]change, error) {
+	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), cmd.ExpectedVersion == nil, func(k KeyState, now time.Time) ([]change, error) {
 		if cmd.ExpectedVersion != nil && *cmd.ExpectedVersion != k.Version {
 			return nil, Errorf(EConflict, "key %s is at version %d, not the expected version %d", k.ID, k.Version, *cmd.ExpectedVersion)
 		}
@@ -492,7 +503,7 @@ func (s *Service) UpdateKey(ctx context.Context, org string, cmd UpdateKey) (Key
 	if err != nil {
 		return KeyResult{}, err
 	}
-	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
+	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
 		if err := k.checkMutable(now, "updated"); err != nil {
 			return nil, err
 		}
@@ -547,7 +558,7 @@ func (s *Service) RotateKey(ctx context.Context, org string, cmd RotateKey) (Rot
 		return RotateKeyResult{}, err
 	}
 	newID := KeyIDPrefix + ulid
-	old, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
+	old, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
 		if err := k.checkMutable(now, "rotated"); err != nil {
 			return nil, err
 		}
@@ -569,13 +580,18 @@ func (s *Service) RotateKey(ctx context.Context, org string, cmd RotateKey) (Rot
 	}
 	now := s.now()
 	if changes == nil {
-		// Our own earlier attempt landed (lost reply): read both keys back.
-		if old.RotatedTo != newID {
+		// This command landed before (a lost reply): read both keys back.
+		// When the client resent it, the secret of that first rotation was
+		// only in the lost reply: the answer then has none.
+		if old.RotatedTo == "" {
 			return RotateKeyResult{}, Errorf(EConflict, "key %s was changed concurrently; retry", cmd.KeyID)
 		}
-		nk, _, err := s.LoadKey(ctx, org, newID)
+		nk, _, err := s.LoadKey(ctx, org, old.RotatedTo)
 		if err != nil {
 			return RotateKeyResult{}, err
+		}
+		if old.RotatedTo != newID {
+			secret = ""
 		}
 		return RotateKeyResult{Key: nk.View(now, nil), Secret: secret, Previous: old.View(now, nil), Sequence: seq}, nil
 	}

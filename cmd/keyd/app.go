@@ -77,7 +77,13 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	if err != nil {
 		return fmt.Errorf("setting up stream %s: %w", domain.StreamName, err)
 	}
-	a.Store = eventstore.NewJetStream(js, nc, stream)
+	var storeOpts []eventstore.Option
+	if a.cfg.StreamReplicas > 1 {
+		// A direct get may be answered by a follower a moment behind the
+		// leader; reading from the leader keeps create-then-update working.
+		storeOpts = append(storeOpts, eventstore.WithLeaderReads())
+	}
+	a.Store = eventstore.NewJetStream(js, nc, stream, storeOpts...)
 	idem, err := eventstore.NewKVIdempotency(initCtx, js, a.cfg.StreamReplicas)
 	if err != nil {
 		return fmt.Errorf("setting up the idempotency bucket: %w", err)

@@ -29,15 +29,9 @@ func TestTwoProcessesOnCluster(t *testing.T) {
 	natsURL := strings.Join(urls, ",")
 	db := testenv.PostgresURL(t)
 	var p [2]*proc
-	started := make(chan int, 2)
 	for i := range p {
-		go func() {
-			p[i] = startServe(t, natsURL, db, testToken, testSecret, "--stream-replicas", "3")
-			started <- i
-		}()
+		p[i] = startServe(t, natsURL, db, testToken, testSecret, "--stream-replicas", "3")
 	}
-	<-started
-	<-started
 	a, b := p[0], p[1]
 
 	st, _, _ := httpDo(t, "PUT", b.HTTP+"/v1/permissions/reports:read", testToken, map[string]any{"description": "Read reports"})

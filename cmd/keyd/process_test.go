@@ -77,7 +77,12 @@ func startServe(t *testing.T, natsURL, dbURL, token, secret string, extra ...str
 		t.Fatal(err)
 	}
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.Kill(syscall.SIGTERM) })
+	t.Cleanup(func() {
+		p.Kill(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("logs of keyd serve on %s:\n%s", p.HTTP, p.logs.String())
+		}
+	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {
