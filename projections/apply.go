@@ -1,0 +1,465 @@
+package projections
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// Tables names the four read-model tables one projection writes, and the row
+// of projection_checkpoints that holds the last stream sequence they reflect.
+// The live projection writes DefaultTables; a rebuild writes fresh tables of
+// the same shape and swaps them in.
+type Tables struct {
+	Keys         string // the key listing
+	Audit        string // audit_events
+	Permissions  string // the permission catalog
+	Verification string // verification_keys, the verifier's snapshot
+	Checkpoint   string // name of the row in projection_checkpoints
+}
+
+// DefaultTables are the live read models of migrations/0001_read_models.sql,
+// all under the checkpoint "read_models". Because one transaction writes all
+// four tables and that checkpoint, a reader that reads the checkpoint and
+// the tables in one snapshot sees exactly the effect of the stream up to
+// that sequence (the verifier boots that way).
+var DefaultTables = Tables{
+	Keys:         "keys",
+	Audit:        "audit_events",
+	Permissions:  "permissions",
+	Verification: "verification_keys",
+	Checkpoint:   "read_models",
+}
+
+// list returns the table names in a fixed order.
+func (t Tables) list() []string {
+	return []string{t.Keys, t.Audit, t.Permissions, t.Verification}
+}
+
+// EventError is an event a projection cannot apply: its envelope does not
+// decode (domain.DecodeEvent), a key event carries no valid key state, a
+// catalog event no catalog, or the event is on the wrong subject. A
+// projection stops before such an event and never skips it: the stream is
+// the source of truth, and a read model that silently lacked an event would
+// be wrong in ways nobody could see.
+type EventError struct {
+	Seq     uint64 // stream sequence of the event
+	Subject string
+	Err     error
+}
+
+func (e *EventError) Error() string {
+	return fmt.Sprintf("projections: the event at stream sequence %d (subject %q) cannot be applied: %v", e.Seq, e.Subject, e.Err)
+}
+
+func (e *EventError) Unwrap() error { return e.Err }
+
+// decoded is one record, decoded and checked, ready to apply.
+type decoded struct {
+	seq     uint64
+	raw     []byte // the envelope as stored
+	ev      domain.Event
+	key     *domain.KeyState    // key events
+	digest  []byte              // key events: the digest, decoded from hex
+	catalog []domain.Permission // catalog events: the full catalog after it
+}
+
+// decodeRecord decodes a stream record. Errors are *EventError.
+func decodeRecord(r domain.Record) (decoded, error) {
+	fail := func(err error) (decoded, error) {
+		return decoded{}, &EventError{Seq: r.Sequence, Subject: r.Subject, Err: err}
+	}
+	ev, err := domain.DecodeEvent(r.Data)
+	if err != nil {
+		return fail(err)
+	}
+	d := decoded{seq: r.Sequence, raw: r.Data, ev: ev}
+	if ev.IsKeyEvent() {
+		if r.Subject != "" && r.Subject != domain.KeySubject(ev.OrgID, ev.KeyID) {
+			return fail(fmt.Errorf("key event %s of key %s is on subject %q, not %q", ev.ID, ev.KeyID, r.Subject, domain.KeySubject(ev.OrgID, ev.KeyID)))
+		}
+		k, err := ev.KeyState()
+		if err != nil {
+			return fail(err)
+		}
+		dg, err := hex.DecodeString(k.Digest)
+		if err != nil || len(dg) == 0 {
+			return fail(fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, ev.KeyID))
+		}
+		d.key, d.digest = &k, dg
+		return d, nil
+	}
+	if r.Subject != "" && r.Subject != domain.CatalogSubject {
+		return fail(fmt.Errorf("catalog event %s is on subject %q, not %q", ev.ID, r.Subject, domain.CatalogSubject))
+	}
+	c, err := ev.Catalog()
+	if err != nil {
+		return fail(err)
+	}
+	d.catalog = c.List()
+	return d, nil
+}
+
+// ApplyBatch applies recs, in ascending stream sequence, to tables within tx
+// and advances the checkpoint tables.Checkpoint, which it creates at 0 if
+// missing. It returns the sequence the tables reflect afterwards: the
+// greatest of the old checkpoint and the last sequence of recs.
+//
+// It locks the checkpoint row (SELECT ... FOR UPDATE), so concurrent writers
+// of one projection serialize, and drops records at or below the
+// checkpoint, so applying a batch again changes nothing; rows are also
+// guarded by their own last_seq. The caller commits tx: only then are the
+// rows and the checkpoint visible, together.
+//
+// Effects: every key event upserts the key's row in tables.Keys (never
+// touching last_used_at, which verifiers maintain) and in
+// tables.Verification, by key id and digest, to the full key state it
+// carries (several events of one key in recs collapse to the last); every key
+// event is inserted into tables.Audit with its envelope; the last catalog
+// event of recs sets tables.Permissions to the catalog it carries. Catalog
+// events are not audit events (they belong to no organization).
+//
+// Errors: *EventError for a record that cannot be applied (nothing of recs
+// is then applied; the caller should roll back), an error for records out of
+// order, and Postgres errors.
+func ApplyBatch(ctx context.Context, tx pgx.Tx, tables Tables, recs []domain.Record) (applied uint64, err error) {
+	ds := make([]decoded, 0, len(recs))
+	for i, r := range recs {
+		if i > 0 && r.Sequence <= recs[i-1].Sequence {
+			return 0, fmt.Errorf("projections: records out of order: sequence %d after %d", r.Sequence, recs[i-1].Sequence)
+		}
+		d, err := decodeRecord(r)
+		if err != nil {
+			return 0, err
+		}
+		ds = append(ds, d)
+	}
+	return applyDecoded(ctx, tx, statementsFor(tables), ds)
+}
+
+// statements are the SQL of one Tables.
+type statements struct {
+	checkpoint       string
+	lockCheckpoint   string
+	insertCheckpoint string
+	updateCheckpoint string
+	upsertKeys       string
+	upsertVerif      string
+	insertAudit      string
+	upsertPerms      string
+	deletePerms      string
+}
+
+func statementsFor(t Tables) *statements {
+	id := func(name string) string { return pgx.Identifier{name}.Sanitize() }
+	return &statements{
+		checkpoint:       t.Checkpoint,
+		lockCheckpoint:   `SELECT last_seq FROM projection_checkpoints WHERE name = $1 FOR UPDATE`,
+		insertCheckpoint: `INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`,
+		updateCheckpoint: `UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE name = $1`,
+		upsertKeys: `INSERT INTO ` + id(t.Keys) + ` AS t
+  (key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq)
+SELECT u.key_id, u.org_id, u.name, u.owner_type, u.owner_id, u.mask, u.permissions::text[], u.status,
+       u.created_at, u.expires_at, u.revoked_at, u.metadata::jsonb, u.version, u.last_seq
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int8[], $14::int8[])
+  AS u(key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq)
+ON CONFLICT (key_id) DO UPDATE SET
+  org_id = excluded.org_id, name = excluded.name, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
+  mask = excluded.mask, permissions = excluded.permissions, status = excluded.status, created_at = excluded.created_at,
+  expires_at = excluded.expires_at, revoked_at = excluded.revoked_at, metadata = excluded.metadata,
+  version = excluded.version, last_seq = excluded.last_seq
+WHERE t.last_seq < excluded.last_seq`,
+		upsertVerif: `INSERT INTO ` + id(t.Verification) + ` AS t
+  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq)
+SELECT u.digest, u.key_id, u.org_id, u.owner_type, u.owner_id, u.name, u.permissions::text[], u.expires_at,
+       u.status, u.metadata::jsonb, u.last_seq
+FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::timestamptz[], $9::text[], $10::text[], $11::int8[])
+  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq)
+ON CONFLICT (digest) DO UPDATE SET
+  key_id = excluded.key_id, org_id = excluded.org_id, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
+  name = excluded.name, permissions = excluded.permissions, expires_at = excluded.expires_at,
+  status = excluded.status, metadata = excluded.metadata, last_seq = excluded.last_seq
+WHERE t.last_seq < excluded.last_seq`,
+		insertAudit: `INSERT INTO ` + id(t.Audit) + `
+  (seq, org_id, key_id, event_id, type, occurred_at, envelope)
+SELECT u.seq, u.org_id, u.key_id, u.event_id, u.type, u.occurred_at, u.envelope::jsonb
+FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+  AS u(seq, org_id, key_id, event_id, type, occurred_at, envelope)
+ON CONFLICT (seq) DO NOTHING`,
+		upsertPerms: `INSERT INTO ` + id(t.Permissions) + ` AS t (slug, description, status, last_seq)
+SELECT u.slug, u.description, u.status, $4::int8
+FROM unnest($1::text[], $2::text[], $3::text[]) AS u(slug, description, status)
+ON CONFLICT (slug) DO UPDATE SET
+  description = excluded.description, status = excluded.status, last_seq = excluded.last_seq
+WHERE t.last_seq < excluded.last_seq`,
+		// The catalog event carries the whole catalog: a slug missing from
+		// it is gone (the domain never removes one today).
+		deletePerms: `DELETE FROM ` + id(t.Permissions) + ` WHERE last_seq < $2::int8 AND slug <> ALL($1::text[])`,
+	}
+}
+
+// rows are the column arrays of one batch's writes, one entry per row.
+type rows struct {
+	keys  keyRows
+	verif verifRows
+	audit auditRows
+
+	hasCatalog bool
+	catalogSeq int64
+	perms      permRows
+}
+
+type keyRows struct {
+	keyID, orgID, name, ownerType, ownerID, mask, permissions, status []string
+	createdAt, expiresAt, revokedAt                                   []pgtype.Timestamptz
+	metadata                                                          []string
+	version, lastSeq                                                  []int64
+}
+
+type verifRows struct {
+	digest                                                      [][]byte
+	keyID, orgID, ownerType, ownerID, name, permissions, status []string
+	expiresAt                                                   []pgtype.Timestamptz
+	metadata                                                    []string
+	lastSeq                                                     []int64
+}
+
+type auditRows struct {
+	seq                        []int64
+	orgID, keyID, eventID, typ []string
+	occurredAt                 []pgtype.Timestamptz
+	envelope                   []string
+}
+
+type permRows struct {
+	slug, description, status []string
+}
+
+// buildRows turns decoded events (ascending sequence) into rows, keeping
+// for each key (and each digest) only its last state.
+func buildRows(ds []decoded) (*rows, error) {
+	rs := &rows{}
+	lastKey := make(map[string]int, len(ds))    // key id -> index in ds
+	lastDigest := make(map[string]int, len(ds)) // digest -> index in ds
+	lastCatalog := -1
+	for i, d := range ds {
+		if d.key == nil {
+			lastCatalog = i
+			continue
+		}
+		lastKey[d.key.ID] = i
+		lastDigest[string(d.digest)] = i
+		rs.audit.add(d)
+	}
+	for i, d := range ds {
+		if d.key == nil {
+			continue
+		}
+		if lastKey[d.key.ID] == i {
+			if err := rs.keys.add(d); err != nil {
+				return nil, err
+			}
+		}
+		if lastDigest[string(d.digest)] == i {
+			if err := rs.verif.add(d); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if lastCatalog >= 0 {
+		d := ds[lastCatalog]
+		rs.hasCatalog, rs.catalogSeq = true, int64(d.seq)
+		for _, p := range d.catalog {
+			rs.perms.slug = append(rs.perms.slug, p.Slug)
+			rs.perms.description = append(rs.perms.description, p.Description)
+			rs.perms.status = append(rs.perms.status, p.Status)
+		}
+	}
+	return rs, nil
+}
+
+func (r *keyRows) add(d decoded) error {
+	k := d.key
+	md, err := metadataJSON(k.Metadata)
+	if err != nil {
+		return &EventError{Seq: d.seq, Err: err}
+	}
+	r.keyID = append(r.keyID, k.ID)
+	r.orgID = append(r.orgID, k.OrgID)
+	r.name = append(r.name, k.Name)
+	r.ownerType = append(r.ownerType, k.Owner.Type)
+	r.ownerID = append(r.ownerID, k.Owner.ID)
+	r.mask = append(r.mask, k.Mask)
+	r.permissions = append(r.permissions, textArrayLiteral(k.Permissions))
+	r.status = append(r.status, k.Status)
+	r.createdAt = append(r.createdAt, pgtype.Timestamptz{Time: k.CreatedAt, Valid: true})
+	r.expiresAt = append(r.expiresAt, timestamptz(k.ExpiresAt))
+	r.revokedAt = append(r.revokedAt, timestamptz(k.RevokedAt))
+	r.metadata = append(r.metadata, md)
+	r.version = append(r.version, k.Version)
+	r.lastSeq = append(r.lastSeq, int64(d.seq))
+	return nil
+}
+
+func (r *verifRows) add(d decoded) error {
+	k := d.key
+	md, err := metadataJSON(k.Metadata)
+	if err != nil {
+		return &EventError{Seq: d.seq, Err: err}
+	}
+	r.digest = append(r.digest, d.digest)
+	r.keyID = append(r.keyID, k.ID)
+	r.orgID = append(r.orgID, k.OrgID)
+	r.ownerType = append(r.ownerType, k.Owner.Type)
+	r.ownerID = append(r.ownerID, k.Owner.ID)
+	r.name = append(r.name, k.Name)
+	r.permissions = append(r.permissions, textArrayLiteral(k.Permissions))
+	r.expiresAt = append(r.expiresAt, timestamptz(k.ExpiresAt))
+	r.status = append(r.status, k.Status)
+	r.metadata = append(r.metadata, md)
+	r.lastSeq = append(r.lastSeq, int64(d.seq))
+	return nil
+}
+
+func (r *auditRows) add(d decoded) {
+	r.seq = append(r.seq, int64(d.seq))
+	r.orgID = append(r.orgID, d.ev.OrgID)
+	r.keyID = append(r.keyID, d.ev.KeyID)
+	r.eventID = append(r.eventID, d.ev.ID)
+	r.typ = append(r.typ, d.ev.Type)
+	r.occurredAt = append(r.occurredAt, pgtype.Timestamptz{Time: d.ev.OccurredAt, Valid: true})
+	r.envelope = append(r.envelope, string(d.raw))
+}
+
+// queue adds the writes of rs to b.
+func (rs *rows) queue(b *pgx.Batch, st *statements) {
+	if k := &rs.keys; len(k.keyID) > 0 {
+		b.Queue(st.upsertKeys, k.keyID, k.orgID, k.name, k.ownerType, k.ownerID, k.mask, k.permissions, k.status,
+			k.createdAt, k.expiresAt, k.revokedAt, k.metadata, k.version, k.lastSeq)
+	}
+	if v := &rs.verif; len(v.keyID) > 0 {
+		b.Queue(st.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
+			v.expiresAt, v.status, v.metadata, v.lastSeq)
+	}
+	if a := &rs.audit; len(a.seq) > 0 {
+		b.Queue(st.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
+	}
+	if rs.hasCatalog {
+		p := &rs.perms
+		b.Queue(st.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq)
+		b.Queue(st.deletePerms, p.slug, rs.catalogSeq)
+	}
+}
+
+// applyDecoded is ApplyBatch on decoded records: lock the checkpoint, drop
+// what it already covers, write the rows and the new checkpoint in one
+// round trip.
+func applyDecoded(ctx context.Context, tx pgx.Tx, st *statements, ds []decoded) (uint64, error) {
+	last, err := lockCheckpoint(ctx, tx, st)
+	if err != nil {
+		return 0, err
+	}
+	i := 0
+	for i < len(ds) && ds[i].seq <= last {
+		i++
+	}
+	ds = ds[i:]
+	if len(ds) == 0 {
+		return last, nil
+	}
+	rs, err := buildRows(ds)
+	if err != nil {
+		return 0, err
+	}
+	next := ds[len(ds)-1].seq
+	b := &pgx.Batch{}
+	rs.queue(b, st)
+	b.Queue(st.updateCheckpoint, st.checkpoint, int64(next))
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return 0, fmt.Errorf("projections: applying stream sequences %d to %d: %w", ds[0].seq, next, err)
+	}
+	return next, nil
+}
+
+// lockCheckpoint returns the checkpoint of st, locked for the rest of the
+// transaction, creating it at 0 if missing.
+func lockCheckpoint(ctx context.Context, tx pgx.Tx, st *statements) (uint64, error) {
+	var last int64
+	err := tx.QueryRow(ctx, st.lockCheckpoint, st.checkpoint).Scan(&last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if _, err = tx.Exec(ctx, st.insertCheckpoint, st.checkpoint); err != nil {
+			return 0, fmt.Errorf("projections: creating checkpoint %q: %w", st.checkpoint, err)
+		}
+		err = tx.QueryRow(ctx, st.lockCheckpoint, st.checkpoint).Scan(&last)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("projections: reading checkpoint %q: %w", st.checkpoint, err)
+	}
+	return uint64(last), nil
+}
+
+// readCheckpoint returns the checkpoint name (0 if missing) without locking.
+func readCheckpoint(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, name string) (uint64, error) {
+	var last int64
+	err := q.QueryRow(ctx, `SELECT last_seq FROM projection_checkpoints WHERE name = $1`, name).Scan(&last)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("projections: reading checkpoint %q: %w", name, err)
+	}
+	return uint64(last), nil
+}
+
+// timestamptz is t as a nullable timestamptz.
+func timestamptz(t *time.Time) pgtype.Timestamptz {
+	if t == nil {
+		return pgtype.Timestamptz{}
+	}
+	return pgtype.Timestamptz{Time: *t, Valid: true}
+}
+
+// metadataJSON encodes metadata as a JSON object ({} when empty).
+func metadataJSON(md map[string]string) (string, error) {
+	if len(md) == 0 {
+		return "{}", nil
+	}
+	b, err := json.Marshal(md)
+	return string(b), err
+}
+
+// textArrayLiteral encodes ss as a Postgres text[] literal. unnest flattens
+// multi-dimensional arrays, so each row's permissions travel as one text
+// value and are cast back to text[] in SQL.
+func textArrayLiteral(ss []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for j := 0; j < len(s); j++ {
+			if s[j] == '"' || s[j] == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(s[j])
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
