@@ -1,0 +1,61 @@
+package verifier
+
+import (
+	"reflect"
+	"testing"
+	"unsafe"
+)
+
+// TestSizes guards the memory per key: a slot with its first state is one
+// 80-byte allocation.
+func TestSizes(t *testing.T) {
+	if got := unsafe.Sizeof(keyState{}); got != 56 {
+		t.Errorf("keyState is %d bytes, want 56", got)
+	}
+	if got := unsafe.Sizeof(slotWithState{}); got != 80 {
+		t.Errorf("slotWithState is %d bytes, want 80", got)
+	}
+}
+
+func TestInterner(t *testing.T) {
+	in := newInterner()
+	retired := map[string]struct{}{"old": {}}
+	a := in.permList([]byte("b,a,old,a"), retired)
+	b := in.permSlice([]string{"a", "b"}, retired)
+	if len(a.list) != 2 || a.list[0] != "a" || a.list[1] != "b" {
+		t.Fatalf("permList = %v, want [a b]", a.list)
+	}
+	if len(b.list) != 2 || b.list[0] != "a" || b.list[1] != "b" {
+		t.Fatalf("permSlice = %v, want [a b]", b.list)
+	}
+	if in.permList(nil, retired) != emptyPermSet || in.permList([]byte("old"), retired).list == nil {
+		t.Error("empty permission lists must be the shared non-nil empty list")
+	}
+	o1 := in.orgOf([]byte("org_1"), []byte("organization"), []byte("org_1"))
+	o2 := in.orgOf([]byte("org_1"), []byte("organization"), []byte("org_1"))
+	o3 := in.orgOf([]byte("org_1"), []byte("user"), []byte("u_1"))
+	if o1 != o2 || o1 == o3 || o3.owner.ID != "u_1" {
+		t.Errorf("orgOf: %p %p %p %+v", o1, o2, o3, o3)
+	}
+	m1 := in.metadataMap(map[string]string{"a": "1", "b": "2"})
+	m2 := in.metadataMap(map[string]string{"b": "2", "a": "1"})
+	if reflect.ValueOf(m1).Pointer() != reflect.ValueOf(m2).Pointer() || len(m2) != 2 {
+		t.Error("equal metadata maps are not shared")
+	}
+	if in.metadataMap(nil) == nil {
+		t.Error("empty metadata must be the shared non-nil map")
+	}
+}
+
+func TestParseInt(t *testing.T) {
+	for s, want := range map[string]int64{"0": 0, "1767225600000000": 1767225600000000, "-5": -5} {
+		if got, ok := parseInt([]byte(s)); !ok || got != want {
+			t.Errorf("parseInt(%q) = %d, %v", s, got, ok)
+		}
+	}
+	for _, s := range []string{"", "-", "1.5", "x"} {
+		if _, ok := parseInt([]byte(s)); ok {
+			t.Errorf("parseInt(%q) ok", s)
+		}
+	}
+}

@@ -1,0 +1,210 @@
+package verifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// Last use. A valid verification stores the time in its key's slot (an
+// atomic max, in milliseconds, renewed at most once a second) and, if the
+// slot is not queued yet, queues it
+// in one of usedShards lists: per verification that is two atomic loads in
+// the common case, and a short lock once per key per flush. A background
+// flusher writes the queued keys' times out every LastUsedInterval, in one
+// statement per flushLastUsedChunk keys, never moving a last_used_at
+// backwards.
+
+const (
+	usedShards         = 64
+	flushLastUsedChunk = 10_000
+	// lastUsedResolution (ms): a key's last use is recorded again only
+	// once this much later, so a hot key's slot is written at most once a
+	// second rather than bounced between CPUs on every verification.
+	lastUsedResolution = 1000
+)
+
+// flushLastUsedSQL locks the rows in key id order (the batch is sorted), so
+// that verifiers flushing overlapping batches cannot deadlock each other.
+const flushLastUsedSQL = `WITH used AS (
+	SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(key_id, at)
+), locked AS (
+	SELECT k.key_id, used.at
+	FROM keys k JOIN used ON used.key_id = k.key_id
+	WHERE k.last_used_at IS NULL OR k.last_used_at < used.at
+	ORDER BY k.key_id
+	FOR UPDATE OF k
+)
+UPDATE keys k SET last_used_at = greatest(k.last_used_at, locked.at)
+FROM locked WHERE k.key_id = locked.key_id`
+
+type usedQueue struct {
+	on     atomic.Bool
+	shards [usedShards]usedShard
+
+	flushMu    sync.Mutex
+	statements atomic.Int64 // statements written (tests)
+}
+
+type usedShard struct {
+	mu   sync.Mutex
+	list []*slot
+	_    [64 - 32]byte // one cache line each
+}
+
+func (v *Verifier) trackingLastUse() bool {
+	return v.cfg.Pool != nil || v.cfg.OnLastUsed != nil
+}
+
+func (q *usedQueue) init(on bool) { q.on.Store(on) }
+
+// record notes a valid verification of sl's key at now. No allocation
+// (appending to a queue list grows it rarely, and lists are reused).
+func (q *usedQueue) record(sl *slot, d *domain.Digest, now time.Time) {
+	if !q.on.Load() {
+		return
+	}
+	ms := now.UnixMilli()
+	for {
+		old := sl.lastUsed.Load()
+		if ms-old < lastUsedResolution {
+			return // a time this recent is already queued or written
+		}
+		if sl.lastUsed.CompareAndSwap(old, ms) {
+			break
+		}
+	}
+	if sl.queued.Load() || !sl.queued.CompareAndSwap(false, true) {
+		return
+	}
+	sh := &q.shards[d[2]&(usedShards-1)]
+	sh.mu.Lock()
+	sh.list = append(sh.list, sl)
+	sh.mu.Unlock()
+}
+
+func (q *usedQueue) requeue(slots []*slot) {
+	for _, sl := range slots {
+		if sl.queued.CompareAndSwap(false, true) {
+			sh := &q.shards[0]
+			sh.mu.Lock()
+			sh.list = append(sh.list, sl)
+			sh.mu.Unlock()
+		}
+	}
+}
+
+// FlushLastUsed writes the last uses recorded since the previous flush:
+// to Config.OnLastUsed if set, else to keys.last_used_at in Config.Pool, one
+// statement per 10,000 keys (never moving a time backwards). A key's use is
+// recorded again only a second after its last recorded one, so times are
+// accurate to a second. The background
+// flusher calls it every LastUsedInterval; Close calls it once more. On an
+// error the uses stay queued for the next flush. A database that lacks the
+// keys table or refuses the write (a read-only user) turns the tracking off,
+// with an error in the log.
+func (v *Verifier) FlushLastUsed(ctx context.Context) error {
+	q := &v.used
+	if !q.on.Load() {
+		return nil
+	}
+	q.flushMu.Lock()
+	defer q.flushMu.Unlock()
+	var slots []*slot
+	for i := range q.shards {
+		sh := &q.shards[i]
+		sh.mu.Lock()
+		slots = append(slots, sh.list...)
+		clear(sh.list)
+		sh.list = sh.list[:0]
+		sh.mu.Unlock()
+	}
+	if len(slots) == 0 {
+		return nil
+	}
+	batch := make([]LastUsed, len(slots))
+	for i, sl := range slots {
+		sl.queued.Store(false) // before reading: a later use queues the slot again
+		batch[i] = LastUsed{KeyID: sl.state.Load().id(), At: time.UnixMilli(sl.lastUsed.Load()).UTC()}
+	}
+	slices.SortFunc(batch, func(a, b LastUsed) int { return strings.Compare(a.KeyID, b.KeyID) })
+	err := v.writeLastUsed(ctx, batch)
+	if err == nil {
+		return nil
+	}
+	if permanent(err) {
+		q.on.Store(false)
+		v.log.Error("verifier: cannot write keys' last use to the database; last-use tracking is off (set Config.OnLastUsed to send it elsewhere)", "err", err)
+		return err
+	}
+	q.requeue(slots)
+	return err
+}
+
+func (v *Verifier) writeLastUsed(ctx context.Context, batch []LastUsed) error {
+	if v.cfg.OnLastUsed != nil {
+		v.used.statements.Add(1)
+		return v.cfg.OnLastUsed(ctx, batch)
+	}
+	ids := make([]string, 0, min(len(batch), flushLastUsedChunk))
+	times := make([]time.Time, 0, cap(ids))
+	for chunk := range slices.Chunk(batch, flushLastUsedChunk) {
+		ids, times = ids[:0], times[:0]
+		for _, u := range chunk {
+			ids = append(ids, u.KeyID)
+			times = append(times, u.At)
+		}
+		v.used.statements.Add(1)
+		if _, err := v.cfg.Pool.Exec(ctx, flushLastUsedSQL, ids, times); err != nil {
+			return fmt.Errorf("verifier: writing the last use of %d keys: %w", len(ids), err)
+		}
+	}
+	return nil
+}
+
+// permanent reports errors that retrying cannot fix: no keys table, or no
+// right to update it.
+func permanent(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "42P01" || pgErr.Code == "42501" || pgErr.Code == "25006")
+}
+
+// flushLoop flushes last uses every LastUsedInterval until ctx ends.
+func (v *Verifier) flushLoop(ctx context.Context) {
+	every := v.cfg.LastUsedInterval
+	if every == 0 {
+		every = DefaultLastUsedInterval
+	}
+	if every < 0 || !v.used.on.Load() {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var lastLog time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fctx, cancel := context.WithTimeout(ctx, max(every, 10*time.Second))
+		err := v.FlushLastUsed(fctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && time.Since(lastLog) > time.Minute {
+			lastLog = time.Now()
+			v.log.Warn("verifier: writing keys' last use failed; retrying at the next flush", "err", err)
+		}
+		if !v.used.on.Load() {
+			return
+		}
+	}
+}

@@ -1,0 +1,203 @@
+package verifier
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// The verification snapshot: keyd's projector writes verification_keys,
+// permissions and the checkpoint row "read_models" of projection_checkpoints
+// in one transaction, so one REPEATABLE READ transaction reading all three
+// sees the exact effect of the stream up to the checkpoint's sequence.
+
+const snapshotCheckpoint = "read_models"
+
+// snapshotQuery reads verification_keys with every column as text, so that
+// the raw bytes are the same in the text and binary formats (whatever the
+// pool's query mode) and need no per-row decoding machinery: slugs hold no
+// commas, so the permissions travel joined; metadata is NULL when empty.
+const snapshotQuery = `SELECT encode(digest, 'hex'), key_id, org_id, owner_type, owner_id, name,
+	array_to_string(permissions, ','),
+	round(extract(epoch FROM expires_at) * 1000000)::bigint::text,
+	status,
+	CASE WHEN metadata = '{}'::jsonb THEN NULL ELSE metadata::text END
+FROM verification_keys`
+
+const snapshotColumns = 10
+
+// snapshotResult says what loadSnapshot found.
+type snapshotResult struct {
+	ok   bool   // a usable snapshot was loaded into the applier
+	seq  uint64 // the stream sequence it reflects
+	keys int
+	why  string // when !ok: why not
+}
+
+// loadSnapshot reads the snapshot into a (whose tables must be empty). A
+// database without the tables or the checkpoint is not an error: the
+// result says to replay the stream. Other database errors are returned.
+func (v *Verifier) loadSnapshot(ctx context.Context, a *applier) (snapshotResult, error) {
+	if v.cfg.Pool == nil {
+		return snapshotResult{why: "no database configured"}, nil
+	}
+	start := time.Now()
+	tx, err := v.cfg.Pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return snapshotResult{}, fmt.Errorf("verifier: reading the verification snapshot: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
+
+	res, err := readSnapshot(ctx, tx, a)
+	if isUndefinedTable(err) {
+		a.reset()
+		return snapshotResult{why: "the read-model tables do not exist"}, nil
+	}
+	if err != nil {
+		return snapshotResult{}, fmt.Errorf("verifier: reading the verification snapshot: %w", err)
+	}
+	if !res.ok {
+		return res, nil
+	}
+	v.log.Info("verifier: loaded the verification snapshot", "sequence", res.seq, "keys", res.keys,
+		"took", time.Since(start).Round(time.Millisecond))
+	return res, nil
+}
+
+func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, error) {
+	var seq int64
+	err := tx.QueryRow(ctx, `SELECT last_seq FROM projection_checkpoints WHERE name = $1`, snapshotCheckpoint).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return snapshotResult{why: "the read models have no checkpoint yet"}, nil
+	}
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	if seq < 0 {
+		return snapshotResult{}, fmt.Errorf("checkpoint %q is negative (%d)", snapshotCheckpoint, seq)
+	}
+
+	rows, err := tx.Query(ctx, `SELECT slug FROM permissions WHERE status = $1`, domain.PermissionRetired)
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	retired, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	for _, s := range retired {
+		a.retired[s] = struct{}{}
+	}
+
+	// Size the tables up front: no rehashing while loading.
+	var count int64
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM verification_keys`).Scan(&count); err != nil {
+		return snapshotResult{}, err
+	}
+	a.presize(int(count))
+
+	rows, err = tx.Query(ctx, snapshotQuery)
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		if err := a.loadRow(rows.RawValues()); err != nil {
+			return snapshotResult{}, fmt.Errorf("verification_keys row %d: %w", n+1, err)
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return snapshotResult{}, err
+	}
+	return snapshotResult{ok: true, seq: uint64(seq), keys: n}, nil
+}
+
+// loadRow adds one row of snapshotQuery to the (private, booting) tables.
+func (a *applier) loadRow(vals [][]byte) error {
+	if len(vals) != snapshotColumns {
+		return fmt.Errorf("%d columns, want %d", len(vals), snapshotColumns)
+	}
+	for i, c := range vals[:7] {
+		if c == nil {
+			return fmt.Errorf("column %d is NULL", i+1)
+		}
+	}
+	var d domain.Digest
+	if len(vals[0]) != 2*len(d) {
+		return fmt.Errorf("digest is %d bytes, want %d", len(vals[0])/2, len(d))
+	}
+	if _, err := hex.Decode(d[:], vals[0]); err != nil {
+		return fmt.Errorf("digest: %w", err)
+	}
+	id, name := vals[1], vals[5]
+	if len(id) != keyIDLen || string(id[:len(domain.KeyIDPrefix)]) != domain.KeyIDPrefix {
+		return fmt.Errorf("key_id %q is not a key id", id)
+	}
+	// (Not inside the literal: its conversions may be evaluated after its
+	// calls, which reuse the buffer.)
+	a.in.buf = append(append(a.in.buf[:0], id...), name...)
+	text := string(a.in.buf)
+	st := keyState{
+		text:    text,
+		org:     a.in.orgOf(vals[2], vals[3], vals[4]),
+		perms:   a.in.permList(vals[6], a.retired),
+		meta:    emptyMetadata,
+		revoked: string(vals[8]) == domain.StatusRevoked,
+	}
+	if vals[7] != nil {
+		us, ok := parseInt(vals[7])
+		if !ok {
+			return fmt.Errorf("expires_at %q is not a number of microseconds", vals[7])
+		}
+		t := time.UnixMicro(us).UTC()
+		st.expires = &t
+	}
+	if vals[9] != nil {
+		md, err := a.in.metadataJSON(vals[9])
+		if err != nil {
+			return fmt.Errorf("metadata: %w", err)
+		}
+		st.meta = md
+	}
+	a.put(d, &st)
+	return nil
+}
+
+// parseInt parses a decimal int64 without allocating.
+func parseInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	neg := b[0] == '-'
+	if neg {
+		b = b[1:]
+		if len(b) == 0 {
+			return 0, false
+		}
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+func isUndefinedTable(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42P01"
+}
