@@ -9,6 +9,7 @@
 package natscmd
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -123,17 +124,20 @@ func (r *Responder) handle(m *nats.Msg) {
 	defer cancel()
 
 	reply, err := r.run(ctx, m)
-	var body []byte
 	out := nats.NewMsg(m.Reply)
+	var body bytes.Buffer
+	enc := json.NewEncoder(&body)
+	enc.SetEscapeHTML(false) // NATS replies are not HTML: keep "<org>" readable
 	if err != nil {
 		code := domain.ErrorCode(err)
-		body, _ = json.Marshal(errorReply{Error: errorBody{Code: code, Message: domain.ErrorMessage(err)}})
+		_ = enc.Encode(errorReply{Error: errorBody{Code: code, Message: domain.ErrorMessage(err)}})
 		out.Header.Set(ErrorCodeHeader, code)
-	} else if body, err = json.Marshal(reply); err != nil {
-		body, _ = json.Marshal(errorReply{Error: errorBody{Code: domain.EInternal, Message: "internal error"}})
+	} else if err = enc.Encode(reply); err != nil {
+		body.Reset()
+		_ = enc.Encode(errorReply{Error: errorBody{Code: domain.EInternal, Message: "internal error"}})
 		out.Header.Set(ErrorCodeHeader, domain.EInternal)
 	}
-	out.Data = body
+	out.Data = bytes.TrimRight(body.Bytes(), "\n")
 	if err := m.RespondMsg(out); err != nil {
 		r.Log.Warn("command reply not sent", "subject", m.Subject, "err", err)
 	}
