@@ -67,6 +67,10 @@ func NewKVIdempotency(ctx context.Context, js jetstream.JetStream, replicas int)
 	if replicas < 1 || replicas > 5 {
 		return nil, fmt.Errorf("eventstore: bucket %s: replicas must be 1 to 5, not %d", IdempotencyBucket, replicas)
 	}
+	return withAttempts(ctx, func(ctx context.Context) (*KVIdempotency, error) { return newKVIdempotency(ctx, js, replicas) })
+}
+
+func newKVIdempotency(ctx context.Context, js jetstream.JetStream, replicas int) (*KVIdempotency, error) {
 	existing, err := js.KeyValue(ctx, IdempotencyBucket)
 	switch {
 	case err == nil:

@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/keyd-dev/keyd/domain"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keyd-dev/keyd/domain"
 )
 
 // DuplicateWindow is the stream's Msg-Id deduplication window: an append
@@ -62,6 +64,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 	if replicas < 1 || replicas > 5 {
 		return nil, fmt.Errorf("eventstore: stream %s: replicas must be 1 to 5, not %d", domain.StreamName, replicas)
 	}
+	return withAttempts(ctx, func(ctx context.Context) (jetstream.Stream, error) { return ensureStream(ctx, js, replicas) })
+}
+
+func ensureStream(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
+	cfg := StreamConfig(replicas)
 	existing, err := js.Stream(ctx, domain.StreamName)
 	switch {
 	case err == nil:
@@ -71,12 +78,53 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 				domain.StreamName, info.Config.Replicas, replicas)
 		}
 	case errors.Is(err, jetstream.ErrStreamNotFound):
+		// Create rather than CreateOrUpdate: on a JetStream cluster, two
+		// processes starting together that both send an update for a stream
+		// that does not exist yet hang until their deadline (seen with
+		// nats-server 2.15.2), while concurrent creates of the same config
+		// are answered at once.
+		st, cerr := js.CreateStream(ctx, cfg)
+		if cerr == nil {
+			return st, nil
+		}
+		if !errors.Is(cerr, jetstream.ErrStreamNameAlreadyInUse) {
+			return nil, fmt.Errorf("eventstore: the server refused to create stream %s: %w", domain.StreamName, cerr)
+		}
+		// Another process created it first: fall through to the update.
 	default:
 		return nil, fmt.Errorf("eventstore: looking up stream %s: %w", domain.StreamName, err)
 	}
-	st, err := js.CreateOrUpdateStream(ctx, StreamConfig(replicas))
+	st, err := js.UpdateStream(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("eventstore: the server refused to create or update stream %s: %w", domain.StreamName, err)
+		return nil, fmt.Errorf("eventstore: the server refused to update stream %s: %w", domain.StreamName, err)
 	}
 	return st, nil
+}
+
+// attemptTimeout bounds one JetStream API request at start-up.
+const attemptTimeout = 3 * time.Second
+
+// withAttempts runs f with a deadline of attemptTimeout per attempt, again
+// and again while an attempt times out or finds no responders and ctx
+// allows. On a JetStream cluster an API request can go unanswered (during a
+// leader election, or when several processes set up the same stream at the
+// same instant: seen with nats-server 2.15.2, where some of three processes
+// starting together waited forever); a new request is then answered.
+func withAttempts[T any](ctx context.Context, f func(context.Context) (T, error)) (T, error) {
+	backoff := 50 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		v, err := f(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) ||
+			errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)) {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
 }

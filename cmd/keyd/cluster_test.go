@@ -28,9 +28,13 @@ func TestTwoProcessesOnCluster(t *testing.T) {
 	urls, _ := testenv.Cluster3(t)
 	natsURL := strings.Join(urls, ",")
 	db := testenv.PostgresURL(t)
+	// Both start at the same instant, as a deployment's processes do.
 	var p [2]*proc
 	for i := range p {
-		p[i] = startServe(t, natsURL, db, testToken, testSecret, "--stream-replicas", "3")
+		p[i] = launchServe(t, natsURL, db, testToken, testSecret, "--stream-replicas", "3")
+	}
+	for _, pr := range p {
+		pr.waitReady(t)
 	}
 	a, b := p[0], p[1]
 

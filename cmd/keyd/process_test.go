@@ -65,6 +65,14 @@ func freeAddr(t *testing.T) string {
 // /readyz answers 200.
 func startServe(t *testing.T, natsURL, dbURL, token, secret string, extra ...string) *proc {
 	t.Helper()
+	p := launchServe(t, natsURL, dbURL, token, secret, extra...)
+	p.waitReady(t)
+	return p
+}
+
+// launchServe starts `keyd serve` as a separate process without waiting.
+func launchServe(t *testing.T, natsURL, dbURL, token, secret string, extra ...string) *proc {
+	t.Helper()
 	bin := mustBuild(t)
 	addr := freeAddr(t)
 	p := &proc{logs: &syncBuffer{}, HTTP: "http://" + addr, done: make(chan struct{})}
@@ -83,6 +91,12 @@ func startServe(t *testing.T, natsURL, dbURL, token, secret string, extra ...str
 			t.Logf("logs of keyd serve on %s:\n%s", p.HTTP, p.logs.String())
 		}
 	})
+	return p
+}
+
+// waitReady waits until the process's /readyz answers 200.
+func (p *proc) waitReady(t *testing.T) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {
@@ -94,7 +108,7 @@ func startServe(t *testing.T, natsURL, dbURL, token, secret string, extra ...str
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return p
+				return
 			}
 		}
 		if time.Now().After(deadline) {
