@@ -29,7 +29,7 @@ func TestUnknownRouteAndMethod(t *testing.T) {
 	}{
 		{"GET", "/nope", 404, ""},
 		{"GET", "/v1/orgs/org_a", 404, ""},
-		{"GET", "/v1/keys/verify", 404, ""}, // added by the wiring, not here
+		{"GET", "/v1/keys/verify", 405, "POST"},
 		{"DELETE", "/v1/orgs/org_a/keys", 405, "GET, HEAD, OPTIONS, POST"},
 		{"POST", "/v1/permissions", 405, "GET, HEAD, OPTIONS"},
 		{"GET", "/v1/permissions/p", 405, "DELETE, PUT"},
@@ -110,7 +110,7 @@ func TestExtraRoutesAndPanics(t *testing.T) {
 	h := lightServer(func(s *Server) {
 		s.Log = slog.New(slog.NewJSONHandler(logs, nil))
 		s.Extra = func(mux *http.ServeMux) {
-			mux.HandleFunc("POST /v1/keys/verify", func(w http.ResponseWriter, r *http.Request) {
+			mux.HandleFunc("POST /v1/extra", func(w http.ResponseWriter, r *http.Request) {
 				if _, ok := r.Context().Deadline(); !ok {
 					t.Error("extra route without a request deadline")
 				}
@@ -119,7 +119,7 @@ func TestExtraRoutesAndPanics(t *testing.T) {
 			mux.HandleFunc("GET /boom", func(http.ResponseWriter, *http.Request) { panic("boom") })
 		}
 	}).Handler()
-	if rec := serve(h, "POST", "/v1/keys/verify"); rec.Code != 200 {
+	if rec := serve(h, "POST", "/v1/extra"); rec.Code != 200 {
 		t.Errorf("extra route: %d %s", rec.Code, rec.Body)
 	}
 	rec := serve(h, "GET", "/boom")

@@ -25,6 +25,7 @@ import (
 	"github.com/keyd-dev/keyd/internal/testenv"
 	"github.com/keyd-dev/keyd/migrations"
 	"github.com/keyd-dev/keyd/projections"
+	"github.com/keyd-dev/keyd/verifier"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -97,6 +98,11 @@ func newStack(t *testing.T, opts ...stackOption) *stack {
 		Rand:     rand.Reader,
 	}
 	sessions := NewSessions(domain.DeriveKey([]byte("test deployment secret"), SessionKeyLabel), nil)
+	v := verifier.New(verifier.Config{Pool: pool, JS: js, Conn: nc, Digester: svc.Digester, Log: log, LastUsedInterval: -1})
+	if err := v.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.Close)
 	s := &stack{t: t, store: store, reads: postgres.NewReadModel(pool, nil), metrics: m, sessions: sessions, logs: logs}
 	s.srv = &Server{
 		Runner:          &commands.Runner{Service: svc, Metrics: m, Log: log},
@@ -107,6 +113,7 @@ func newStack(t *testing.T, opts ...stackOption) *stack {
 		WidgetOrigins:   []string{"https://app.example.com"},
 		Log:             log,
 		MinSequenceWait: time.Second,
+		Verifier:        v,
 	}
 	for _, o := range opts {
 		o(s.srv)
