@@ -8,7 +8,7 @@ import (
 
 // verifyRequest is the body of POST /v1/keys/verify.
 type verifyRequest struct {
-	Key         string   `json:"key"`
+	Key         *string  `json:"key"`
 	Permissions []string `json:"permissions"`
 }
 
@@ -32,11 +32,12 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 		writeError(w, err)
 		return
 	}
-	if req.Key == "" {
+	if req.Key == nil {
 		writeError(w, domain.Errorf(domain.EInvalid, `"key" is required: the API key to verify`))
 		return
 	}
-	res, err := s.Verifier.Verify(r.Context(), req.Key, req.Permissions...)
+	// An empty or mistyped key is a well-formed request: 200, code malformed.
+	res, err := s.Verifier.Verify(r.Context(), *req.Key, req.Permissions...)
 	if err != nil {
 		writeError(w, err)
 		return

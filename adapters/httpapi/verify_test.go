@@ -37,6 +37,9 @@ func TestVerifyRoute(t *testing.T) {
 	if out := verify(map[string]any{"key": k.Secret[:len(k.Secret)-1] + "x"}); out["code"] != "malformed" || out["key"] != nil {
 		t.Fatalf("malformed: %v", out)
 	}
+	if out := verify(map[string]any{"key": ""}); out["code"] != "malformed" {
+		t.Fatalf("empty key: %v", out)
+	}
 	s.mustFail(t, domain.EInvalid, "POST", "/v1/keys/verify", adminToken, `{"key":5}`)
 	s.mustFail(t, domain.EInvalid, "POST", "/v1/keys/verify", adminToken, `{}`)
 	s.mustFail(t, domain.EInvalid, "POST", "/v1/keys/verify", adminToken, map[string]any{"key": k.Secret, "permissions": []string{"NOT A SLUG"}})
