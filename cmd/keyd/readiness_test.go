@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/keyd-dev/keyd/internal/testenv"
+)
+
+// TestReadinessFollowsDependencies: /readyz turns 503 while Postgres refuses
+// connections or NATS is down, and the verifier answers unavailable once it
+// has been cut off longer than --verifier-max-staleness; both recover by
+// themselves.
+func TestReadinessFollowsDependencies(t *testing.T) {
+	dir := t.TempDir()
+	opts := testenv.JetStreamOptions(dir)
+	ns := testenv.RunServer(t, opts)
+	port := ns.Addr().(*net.TCPAddr).Port
+	db := testenv.PostgresURL(t)
+	r := MustStart(t, map[string]string{"KEYD_ADMIN_TOKEN": testToken, "KEYD_SECRET": testSecret},
+		"serve", "--http", "127.0.0.1:0", "--nats-url", ns.ClientURL(), "--database-url", db,
+		"--verifier-max-staleness", "500ms")
+	base := "http://" + r.App.HTTPAddr
+	ready := func() int {
+		st, _, _ := httpDo(t, "GET", base+"/readyz", "", nil)
+		return st
+	}
+	waitFor(t, 10*time.Second, func() bool { return ready() == 200 })
+	st, created, _ := httpDo(t, "POST", base+"/v1/orgs/acme/keys", testToken, map[string]any{"name": "k"})
+	if st != 201 {
+		t.Fatalf("create: %d %v", st, created)
+	}
+	secret := created["secret"].(string)
+	verifyStatus := func() (int, string) {
+		st, out, _ := httpDo(t, "POST", base+"/v1/keys/verify", testToken, map[string]any{"key": secret})
+		code, _ := out["code"].(string)
+		if st != 200 {
+			code = errCode(out)
+		}
+		return st, code
+	}
+
+	// Postgres refuses connections.
+	u, _ := url.Parse(db)
+	dbName := strings.TrimPrefix(u.Path, "/")
+	admin, err := pgx.Connect(context.Background(), testenv.PostgresAdminURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := admin.Exec(context.Background(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS false`)
+	exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + dbName + `'`)
+	waitFor(t, 10*time.Second, func() bool { return ready() == 503 })
+	exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS true`)
+	waitFor(t, 20*time.Second, func() bool { return ready() == 200 })
+
+	// NATS goes away: unready, and the verifier refuses verdicts after the
+	// staleness bound rather than risk approving a revoked key.
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	waitFor(t, 10*time.Second, func() bool { return ready() == 503 })
+	waitFor(t, 10*time.Second, func() bool { st, code := verifyStatus(); return st == 503 && code == "unavailable" })
+
+	// NATS comes back on the same port and data: everything recovers.
+	opts2 := testenv.JetStreamOptions(dir)
+	opts2.Port = port
+	testenv.RunServer(t, opts2)
+	waitFor(t, 30*time.Second, func() bool { return ready() == 200 })
+	if st, code := verifyStatus(); st != 200 || code != "valid" {
+		t.Fatalf("verify after NATS returned: %d %s", st, code)
+	}
+}
+
