@@ -82,4 +82,3 @@ func TestReadinessFollowsDependencies(t *testing.T) {
 		t.Fatalf("verify after NATS returned: %d %s", st, code)
 	}
 }
-
