@@ -102,7 +102,10 @@ func startServer(opts *server.Options) (*server.Server, error) {
 // "keyd-test", stores under t.TempDir()) and waits until it has a meta leader
 // and every node is current with it. It returns the client URLs and the
 // servers; all are shut down in t.Cleanup. Clients should connect with all
-// URLs, nats.MaxReconnects(-1) and a short nats.ReconnectWait.
+// URLs, nats.MaxReconnects(-1) and a short nats.ReconnectWait. A stream just
+// created on the cluster may answer its first publishes with "no response
+// from stream" for a moment (its interest is still spreading over the
+// routes): retry those, as after losing a node.
 func Cluster3(t testing.TB) (urls []string, servers []*server.Server) {
 	t.Helper()
 	base := t.TempDir()
