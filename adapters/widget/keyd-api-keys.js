@@ -359,7 +359,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
 .warnbox::before { content: "!"; flex: none; display: grid; place-items: center; width: 18px; height: 18px;
   margin-top: 1px; border-radius: 50%; background: var(--_warn); color: var(--_bg); font-weight: 700; font-size: 12px; }
 .secretrow { display: flex; gap: 8px; }
-.secretrow input { flex: 1; min-width: 0; font-family: var(--_mono); font-size: 13px; background: var(--_subtle); }
+.secretrow textarea { flex: 1; min-width: 0; font-family: var(--_mono); font-size: 13px; background: var(--_subtle); resize: none; word-break: break-all; line-height: 1.4; }
 .status { font-size: 13px; color: var(--_ok); min-height: 1.45em; }
 .status.fail { color: var(--_muted); }
 .keyname { font-weight: 600; color: var(--_fg); }
@@ -800,7 +800,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
     }
 
     _wipeSecret() {
-      const input = this._dialog.querySelector('input[data-secret]');
+      const input = this._dialog.querySelector('[data-secret]');
       if (input) {
         input.value = '';
         input.remove();
@@ -987,10 +987,13 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       const inputId = this._ids('secret');
       const warnId = this._ids('secret-warn');
       this._secret = secret;
-      const input = h('input', {
-        type: 'text', id: inputId, readOnly: true, value: secret, 'data-secret': '',
+      // A wrapping read-only textarea: the whole key stays visible, prefix
+      // included, at any width.
+      const input = h('textarea', {
+        id: inputId, readOnly: true, rows: 2, 'data-secret': '',
         autocomplete: 'off', autocapitalize: 'off', spellcheck: 'false', 'aria-describedby': warnId,
       });
+      input.value = secret;
       input.addEventListener('focus', () => input.select());
       const status = h('div', { class: 'status', role: 'status', 'aria-live': 'polite' });
       const copy = h('button', { type: 'button', onclick: () => this._copy(input, status) }, 'Copy');

@@ -166,7 +166,7 @@ func TestWidgetInBrowser(t *testing.T) {
 	b.shot("create-form")
 	b.click("Create", `button('Create')`)
 	secret1 := b.waitString("the new secret, shown once",
-		`const i = root.querySelector('dialog[open] input[data-secret]');
+		`const i = root.querySelector('dialog[open] [data-secret]');
 		 return i && i.readOnly && i.value.startsWith('sk_') && dialog().textContent.includes('It will not be shown again') ? i.value : false;`)
 	b.shot("secret-shown")
 	secrets := []string{secret1}
@@ -212,7 +212,7 @@ func TestWidgetInBrowser(t *testing.T) {
 	b.shot("rotate-form")
 	b.click("Rotate key", `button('Rotate key')`)
 	secret2 := b.waitString("the rotated secret, shown once",
-		`const i = root.querySelector('dialog[open] input[data-secret]');
+		`const i = root.querySelector('dialog[open] [data-secret]');
 		 return i && i.value.startsWith('sk_') && dialog().textContent.includes('The previous key keeps working until') ? i.value : false;`)
 	b.shot("rotated-secret-shown")
 	secrets = append(secrets, secret2)
@@ -270,7 +270,7 @@ func TestWidgetInBrowser(t *testing.T) {
 		b.click("Create", `button('Create')`)
 		b.waitFor("the expired-session message in the dialog", fmt.Sprintf(`
 			const err = dialog() && dialog().querySelector('[data-err]');
-			return err && norm(err.textContent) === %s && !root.querySelector('input[data-secret]');`, jsString(msgSessionExpired)))
+			return err && norm(err.textContent) === %s && !root.querySelector('[data-secret]');`, jsString(msgSessionExpired)))
 	} else {
 		t.Logf("the 1 s session expired before the first list loaded; checking the list's message instead of an action's")
 	}
