@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/keyd-dev/keyd/adapters/postgres"
 	"github.com/keyd-dev/keyd/domain"
 )
 
@@ -32,20 +33,6 @@ const (
 	// second rather than bounced between CPUs on every verification.
 	lastUsedResolution = 1000
 )
-
-// flushLastUsedSQL locks the rows in key id order (the batch is sorted), so
-// that verifiers flushing overlapping batches cannot deadlock each other.
-const flushLastUsedSQL = `WITH used AS (
-	SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(key_id, at)
-), locked AS (
-	SELECT k.key_id, used.at
-	FROM keys k JOIN used ON used.key_id = k.key_id
-	WHERE k.last_used_at IS NULL OR k.last_used_at < used.at
-	ORDER BY k.key_id
-	FOR UPDATE OF k
-)
-UPDATE keys k SET last_used_at = greatest(k.last_used_at, locked.at)
-FROM locked WHERE k.key_id = locked.key_id`
 
 type usedQueue struct {
 	on     atomic.Bool
@@ -155,17 +142,15 @@ func (v *Verifier) writeLastUsed(ctx context.Context, batch []LastUsed) error {
 		v.used.statements.Add(1)
 		return v.cfg.OnLastUsed(ctx, batch)
 	}
-	ids := make([]string, 0, min(len(batch), flushLastUsedChunk))
-	times := make([]time.Time, 0, cap(ids))
+	reads := postgres.NewReadModel(v.cfg.Pool, nil)
 	for chunk := range slices.Chunk(batch, flushLastUsedChunk) {
-		ids, times = ids[:0], times[:0]
+		used := make(map[string]time.Time, len(chunk))
 		for _, u := range chunk {
-			ids = append(ids, u.KeyID)
-			times = append(times, u.At)
+			used[u.KeyID] = u.At
 		}
 		v.used.statements.Add(1)
-		if _, err := v.cfg.Pool.Exec(ctx, flushLastUsedSQL, ids, times); err != nil {
-			return fmt.Errorf("verifier: writing the last use of %d keys: %w", len(ids), err)
+		if err := reads.RecordLastUsed(ctx, used); err != nil {
+			return fmt.Errorf("verifier: %w", err)
 		}
 	}
 	return nil
