@@ -124,17 +124,22 @@ func (v *Verifier) probeLoop(ctx context.Context) {
 			continue // not subscribed yet
 		}
 		at := v.contact.clock()
+		// Applied as of before the request: events appended while the
+		// request is out may be applied before its reply is read, so
+		// comparing with applied read afterwards would mistake a busy
+		// stream for one that went back.
+		applied := v.applied.Load()
 		pctx, cancel := context.WithTimeout(ctx, max(v.probeEvery, 2*time.Second))
 		info, err := (*st).Info(pctx)
 		cancel()
 		if err == nil {
-			if v.booted.Load() && info.State.LastSeq < v.applied.Load() {
+			if v.booted.Load() && info.State.LastSeq < applied {
 				// The stream went back: it was deleted and created again.
 				// What the verifier holds belongs to the old one.
 				select {
 				case v.replay <- struct{}{}:
 					v.log.Error("verifier: the stream ends before what the verifier applied (was it recreated?); replaying it",
-						"stream_last", info.State.LastSeq, "applied", v.applied.Load())
+						"stream_last", info.State.LastSeq, "applied", applied)
 				default:
 				}
 				continue
