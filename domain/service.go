@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,6 +35,16 @@ type Service struct {
 	Rand io.Reader
 	// MaxAttempts bounds the attempts of a retryable command (default 5).
 	MaxAttempts int
+
+	// catalog is the last catalog Catalog decoded, with the event it came
+	// from: reused while the last catalog event is byte for byte the same.
+	catalog atomic.Pointer[decodedCatalog]
+}
+
+type decodedCatalog struct {
+	seq     uint64
+	data    []byte
+	catalog Catalog // immutable (Define and Retire return new ones)
 }
 
 // CreateKeyResult is the reply to create. Secret is empty when the reply
@@ -164,11 +176,19 @@ func (s *Service) Catalog(ctx context.Context) (Catalog, uint64, error) {
 	if !ok {
 		return NewCatalog(nil), 0, nil
 	}
+	// Every create reads the catalog; decoding it again is most of what
+	// that costs once it is read, and it rarely changes.
+	if d := s.catalog.Load(); d != nil && d.seq == rec.Sequence && bytes.Equal(d.data, rec.Data) {
+		return d.catalog, rec.Sequence, nil
+	}
 	ev, err := DecodeEvent(rec.Data)
 	if err != nil {
 		return Catalog{}, 0, err
 	}
 	c, err := ev.Catalog()
+	if err == nil {
+		s.catalog.Store(&decodedCatalog{seq: rec.Sequence, data: rec.Data, catalog: c})
+	}
 	return c, rec.Sequence, err
 }
 
