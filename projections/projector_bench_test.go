@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -169,43 +168,23 @@ func BenchmarkCatchUp(b *testing.B) {
 func BenchmarkRawUpsert(b *testing.B) {
 	e := newEnv(b)
 	events := benchHistory(b)
-	for i := range events {
-		events[i].d.seq = uint64(i + 1)
+	recs := make([]domain.Record, len(events))
+	for i, ev := range events {
+		recs[i] = domain.Record{Subject: ev.subject, Sequence: uint64(i + 1), Data: ev.data}
 	}
-	// Chunk i: keys i*1000.. in their final (revoked) state, and the audit
-	// rows of events 2i*1000 .. (2i+2)*1000.
-	var chunks []*rows
-	for i := 0; i < benchKeys; i += 1000 {
-		rs := &rows{}
-		for j := i; j < i+1000; j++ {
-			final := events[benchKeys+j].d
-			if err := rs.keys.add(final); err != nil {
-				b.Fatal(err)
-			}
-			if err := rs.verif.add(final); err != nil {
-				b.Fatal(err)
-			}
-		}
-		for j := 2 * i; j < 2*i+2000; j++ {
-			rs.audit.add(events[j].d)
-		}
-		chunks = append(chunks, rs)
+	// Transaction i: keys i*1000.. in their final (revoked) state, and the
+	// audit rows of events 2i*1000 .. (2i+2)*1000.
+	raw, err := NewRawUpsert(DefaultTables, recs, 1000)
+	if err != nil {
+		b.Fatal(err)
 	}
-	st := statementsFor(DefaultTables)
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
 		e.truncate()
 		b.StartTimer()
-		for _, rs := range chunks {
-			err := pgx.BeginFunc(e.ctx, e.pool, func(tx pgx.Tx) error {
-				batch := &pgx.Batch{}
-				rs.queue(batch, st)
-				return tx.SendBatch(e.ctx, batch).Close()
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
+		if err := raw.Write(e.ctx, e.pool); err != nil {
+			b.Fatal(err)
 		}
 	}
 	b.StopTimer()

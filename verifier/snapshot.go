@@ -33,6 +33,11 @@ FROM verification_keys`
 
 const snapshotColumns = 10
 
+// SnapshotQuery is the query a verifier reads the verification snapshot with
+// when it boots (inside its REPEATABLE READ transaction). Benchmarks read it
+// raw, into nothing, as the floor under a boot (keyd bench verifier_boot).
+const SnapshotQuery = snapshotQuery
+
 // snapshotResult says what loadSnapshot found.
 type snapshotResult struct {
 	ok   bool   // a usable snapshot was loaded into the applier

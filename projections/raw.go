@@ -1,0 +1,110 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keyd-dev/keyd/domain"
+)
+
+// RawUpsert is the floor under a projector's catch-up, for benchmarks
+// (keyd bench, BenchmarkRawUpsert): the final rows of a run of events
+// written straight into the tables with the projector's own statements,
+// without NATS, decoding, intermediate states or a checkpoint. Build it with
+// NewRawUpsert (which does all the decoding), then time Write.
+type RawUpsert struct {
+	st     *statements
+	chunks []*rows
+	events int
+}
+
+// NewRawUpsert prepares the rows of recs (ascending stream sequence): each
+// key's last state in the key listing and the verification snapshot, and an
+// audit row per key event; the last catalog event, if any, sets the
+// catalog. The rows are cut into transactions of keysPerTx keys each, the
+// audit rows spread evenly over them (1000 gives 1000 key rows per
+// statement, as a projector batch does).
+func NewRawUpsert(tables Tables, recs []domain.Record, keysPerTx int) (*RawUpsert, error) {
+	if keysPerTx < 1 {
+		return nil, fmt.Errorf("projections: keysPerTx must be at least 1, not %d", keysPerTx)
+	}
+	var keyEvents []decoded
+	lastKey := map[string]int{}    // key id -> index in keyEvents of its last event
+	lastDigest := map[string]int{} // digest -> index in keyEvents of its last event
+	var order []string             // key ids in order of first appearance
+	lastCatalog := -1
+	var catalog decoded
+	for i, r := range recs {
+		if i > 0 && r.Sequence <= recs[i-1].Sequence {
+			return nil, fmt.Errorf("projections: records out of order: sequence %d after %d", r.Sequence, recs[i-1].Sequence)
+		}
+		d, err := decodeRecord(r)
+		if err != nil {
+			return nil, err
+		}
+		if d.key == nil {
+			lastCatalog, catalog = i, d
+			continue
+		}
+		if _, seen := lastKey[d.key.ID]; !seen {
+			order = append(order, d.key.ID)
+		}
+		lastKey[d.key.ID] = len(keyEvents)
+		lastDigest[string(d.digest)] = len(keyEvents)
+		keyEvents = append(keyEvents, d)
+	}
+	n := max(1, (len(order)+keysPerTx-1)/keysPerTx)
+	r := &RawUpsert{st: statementsFor(tables), events: len(recs)}
+	for c := range n {
+		rs := &rows{}
+		for _, id := range order[min(c*keysPerTx, len(order)):min((c+1)*keysPerTx, len(order))] {
+			final := keyEvents[lastKey[id]]
+			if err := rs.keys.add(final); err != nil {
+				return nil, err
+			}
+			if lastDigest[string(final.digest)] == lastKey[id] {
+				if err := rs.verif.add(final); err != nil {
+					return nil, err
+				}
+			}
+		}
+		for _, d := range keyEvents[c*len(keyEvents)/n : (c+1)*len(keyEvents)/n] {
+			rs.audit.add(d)
+		}
+		if c == 0 && lastCatalog >= 0 {
+			rs.hasCatalog, rs.catalogSeq = true, int64(catalog.seq)
+			for _, p := range catalog.catalog {
+				rs.perms.slug = append(rs.perms.slug, p.Slug)
+				rs.perms.description = append(rs.perms.description, p.Description)
+				rs.perms.status = append(rs.perms.status, p.Status)
+			}
+		}
+		r.chunks = append(r.chunks, rs)
+	}
+	return r, nil
+}
+
+// Events returns the number of records the rows stand for.
+func (r *RawUpsert) Events() int { return r.events }
+
+// Transactions returns the number of transactions Write commits.
+func (r *RawUpsert) Transactions() int { return len(r.chunks) }
+
+// Write writes the rows into the (empty) tables, one transaction per chunk,
+// each chunk's statements sent in one batch.
+func (r *RawUpsert) Write(ctx context.Context, pool *pgxpool.Pool) error {
+	for _, rs := range r.chunks {
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			batch := &pgx.Batch{}
+			rs.queue(batch, r.st)
+			return tx.SendBatch(ctx, batch).Close()
+		})
+		if err != nil {
+			return fmt.Errorf("projections: raw upsert: %w", err)
+		}
+	}
+	return nil
+}
