@@ -34,6 +34,7 @@ Usage:
   keyd serve                 the production process (NATS and Postgres from configuration)
   keyd migrate               apply the Postgres migrations and exit
   keyd projections rebuild   rebuild the read models from the stream, then swap them in
+  keyd bench                 the benchmark scenarios beside their baselines (--quick: within a minute)
 
 Run "keyd <command> -h" for the flags of a command; every flag has a KEYD_* environment variable.
 `
@@ -58,6 +59,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 			return errors.New(`"keyd projections" needs a subcommand: rebuild`)
 		}
 		err = m.runRebuild(ctx, args[2:])
+	case "bench":
+		err = m.runBench(ctx, args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(m.Stdout, usage)
 		return nil

@@ -1,0 +1,297 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/keyd-dev/keyd/adapters/httpapi"
+	"github.com/keyd-dev/keyd/adapters/metrics"
+	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/verifier"
+)
+
+// Routes the benchmark adds to the API through Server.Extra, so they get
+// the same middleware (deadline, metrics, panic handling) as the real one.
+const (
+	fixedPath    = "/bench/fixed"
+	postgresPath = "/bench/verify-postgres"
+)
+
+// runVerifyHTTP: POST /v1/keys/verify on keyd's HTTP API (httpapi.Server,
+// the verifier booted from the snapshot, last uses written to Postgres as
+// keyd does), loaded by HTTPConns keep-alive connections from an in-process
+// client for HTTPDuration. Baselines, on the same server and client: a
+// handler that writes a fixed verify reply (the floor), and the same route
+// done by hand with one Postgres lookup of the digest per request.
+func runVerifyHTTP(ctx context.Context, r *runner) (Result, error) {
+	ks, err := r.loadKeys(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	w, err := r.newWorld(ctx, "verify_http")
+	if err != nil {
+		return Result{}, err
+	}
+	defer w.close()
+	r.phase("booting a verifier from the snapshot")
+	v, _, err := r.bootVerifier(ctx, w, nil)
+	if err != nil {
+		return Result{}, err
+	}
+	defer v.Close()
+
+	conns := r.opts.HTTPConns
+	pcfg := r.db.pool.Config().Copy()
+	pcfg.MaxConns = int32(conns)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return Result{}, err
+	}
+	defer pool.Close()
+
+	// The fixed reply is a real verify reply, so both write as much.
+	sample, err := v.Verify(ctx, ks.secrets[0])
+	if err != nil {
+		return Result{}, err
+	}
+	fixed, err := json.Marshal(sample)
+	if err != nil {
+		return Result{}, err
+	}
+	fixed = append(fixed, '\n')
+	pg := &postgresVerify{pool: pool, dig: r.dig, token: r.adminToken}
+	api := &httpapi.Server{
+		Verifier: v, AdminToken: r.adminToken, Metrics: metrics.New(), Log: r.log,
+		Extra: func(mux *http.ServeMux) {
+			mux.HandleFunc("POST "+fixedPath, func(w http.ResponseWriter, _ *http.Request) {
+				writeReply(w, fixed)
+			})
+			mux.Handle("POST "+postgresPath, pg)
+		},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return Result{}, err
+	}
+	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go func() { served <- api.Serve(sctx, ln) }()
+	defer func() { stop(); <-served }()
+	base := "http://" + ln.Addr().String()
+
+	checkVerify := func(body []byte) error {
+		var res verifier.Result
+		if err := json.Unmarshal(body, &res); err != nil {
+			return fmt.Errorf("reply %q: %w", body, err)
+		}
+		if res.Code != verifier.CodeValid && res.Code != verifier.CodeRevoked {
+			return fmt.Errorf("reply %q: code %s", body, res.Code)
+		}
+		return nil
+	}
+	targets := []struct {
+		name, path string
+		check      func([]byte) error
+	}{
+		{"keyd verify", "/v1/keys/verify", checkVerify},
+		{"fixed reply", fixedPath, checkVerify},
+		{"Postgres lookup per request", postgresPath, checkVerify},
+	}
+	// The targets take turns, several rounds each, so that whatever else
+	// the machine does weighs on all alike.
+	const rounds = 3
+	loads := make([]loadResult, len(targets))
+	clients := make([]*http.Client, len(targets))
+	for i := range targets {
+		tr := &http.Transport{
+			MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns,
+			DisableCompression: true, IdleConnTimeout: time.Minute,
+		}
+		defer tr.CloseIdleConnections()
+		clients[i] = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	}
+	for round := range rounds {
+		for i, t := range targets {
+			warm := time.Duration(0)
+			if round == 0 {
+				warm = r.opts.HTTPWarmup
+			}
+			label := fmt.Sprintf("%s (round %d of %d)", t.name, round+1, rounds)
+			lr, err := r.httpLoad(ctx, clients[i], base+t.path, label, ks.secrets, t.check, warm, r.opts.HTTPDuration/rounds)
+			if err != nil {
+				return Result{}, fmt.Errorf("%s: %w", t.name, err)
+			}
+			loads[i] = loads[i].merge(lr)
+		}
+	}
+	keyd, trivial, diy := loads[0], loads[1], loads[2]
+	res := Result{
+		Name: "verify_http", Value: round(keyd.rps, 0), Unit: "req/s",
+		Baseline: Baseline{Name: "fixed reply, same stack", Value: round(trivial.rps, 0)},
+		Better:   "higher",
+		Goal:     "ratio ≥ 0.8; ≥ 2x Postgres lookup",
+		Params: map[string]any{
+			"keys":            len(ks.secrets),
+			"conns":           conns,
+			"duration_s":      r.opts.HTTPDuration.Seconds(),
+			"rounds":          rounds,
+			"verify_requests": keyd.n,
+			"verify_p50_ms":   ms(keyd.lat.pct(0.50)),
+			"verify_p99_ms":   ms(keyd.lat.pct(0.99)),
+			"trivial_rps":     round(trivial.rps, 0),
+			"trivial_p50_ms":  ms(trivial.lat.pct(0.50)),
+			"trivial_p99_ms":  ms(trivial.lat.pct(0.99)),
+			"postgres_rps":    round(diy.rps, 0),
+			"postgres_p50_ms": ms(diy.lat.pct(0.50)),
+			"postgres_p99_ms": ms(diy.lat.pct(0.99)),
+			"postgres_ratio":  round(keyd.rps/diy.rps, 2),
+			"postgres_pool":   conns,
+			"client":          "in-process net/http, MaxIdleConnsPerHost = conns, random keys, one request per connection at a time",
+		},
+	}
+	res.Met = keyd.rps >= 0.8*trivial.rps && keyd.rps >= 2*diy.rps
+	return res, nil
+}
+
+// writeReply writes a JSON reply the way the API does.
+func writeReply(w http.ResponseWriter, b []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
+}
+
+// postgresVerify is the verify route done by hand: the same bearer check,
+// body decoding and digest, then one indexed lookup of the digest in
+// verification_keys through a pgx pool, and the same reply.
+type postgresVerify struct {
+	pool  *pgxpool.Pool
+	dig   *domain.Digester
+	token string
+}
+
+const postgresVerifyQuery = `SELECT key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata
+FROM verification_keys WHERE digest = $1`
+
+func (p *postgresVerify) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	fail := func(status int, code, msg string) {
+		b, _ := json.Marshal(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		_, _ = w.Write(append(b, '\n'))
+	}
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	got, want := sha256.Sum256([]byte(token)), sha256.Sum256([]byte(p.token))
+	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+		fail(http.StatusUnauthorized, domain.EUnauthorized, "the bearer token is not valid")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, domain.MaxCommandBytes+1))
+	if err != nil {
+		fail(http.StatusBadRequest, domain.EInvalid, "request body could not be read")
+		return
+	}
+	var req struct {
+		Key         string   `json:"key"`
+		Permissions []string `json:"permissions"`
+	}
+	if err := domain.DecodeCommand(body, &req); err != nil {
+		fail(http.StatusBadRequest, domain.EInvalid, err.Error())
+		return
+	}
+	res := verifier.Result{Code: verifier.CodeMalformed}
+	if domain.ValidSecret(req.Key) {
+		d := p.dig.Digest(req.Key)
+		var k verifier.KeyInfo
+		var status string
+		err := p.pool.QueryRow(r.Context(), postgresVerifyQuery, d[:]).Scan(
+			&k.ID, &k.OrgID, &k.Owner.Type, &k.Owner.ID, &k.Name, &k.Permissions, &k.ExpiresAt, &status, &k.Metadata)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			res.Code = verifier.CodeNotFound
+		case err != nil:
+			fail(http.StatusServiceUnavailable, domain.EUnavailable, "the database did not answer")
+			return
+		default:
+			res.Key = k
+			switch {
+			case status == domain.StatusRevoked:
+				res.Code = verifier.CodeRevoked
+			case k.ExpiresAt != nil && !time.Now().Before(*k.ExpiresAt):
+				res.Code = verifier.CodeExpired
+			default:
+				res.Code, res.Valid = verifier.CodeValid, true
+				for _, perm := range req.Permissions {
+					if !slices.Contains(k.Permissions, perm) {
+						res.Code, res.Valid = verifier.CodeInsufficientPermissions, false
+					}
+				}
+			}
+		}
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		fail(http.StatusInternalServerError, domain.EInternal, "internal error")
+		return
+	}
+	writeReply(w, append(b, '\n'))
+}
+
+// httpLoad posts {"key": <random secret>} to url from HTTPConns
+// goroutines, each on its own keep-alive connection (of client), one
+// request at a time: warm, then d measured. Every reply must be 200; every
+// 256th is checked with check.
+func (r *runner) httpLoad(ctx context.Context, client *http.Client, url, label string, secrets []string, check func([]byte) error, warm, d time.Duration) (loadResult, error) {
+	conns := r.opts.HTTPConns
+	auth := "Bearer " + r.adminToken
+	worker := func(c int) func(i int) error {
+		rng := mrand.New(mrand.NewPCG(uint64(c)+1, uint64(time.Now().UnixNano())))
+		var body, reply bytes.Buffer
+		return func(i int) error {
+			body.Reset()
+			body.WriteString(`{"key":"`)
+			body.WriteString(secrets[rng.IntN(len(secrets))])
+			body.WriteString(`"}`)
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body.Bytes()))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Authorization", auth)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := client.Do(req)
+			if err != nil {
+				return err
+			}
+			reply.Reset()
+			_, err = reply.ReadFrom(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(reply.Bytes()))
+			}
+			if err == nil && i%256 == 0 {
+				err = check(reply.Bytes())
+			}
+			return err
+		}
+	}
+	return r.closedLoop(ctx, label, "req/s", conns, warm, d, worker)
+}
