@@ -63,6 +63,9 @@ type App struct {
 // start builds and starts everything on an established NATS connection.
 func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) error {
 	a.NC = nc
+	if !domain.ValidPrefix(a.cfg.KeyPrefix) {
+		return fmt.Errorf("--key-prefix %q must be 1 to %d letters, digits or underscores", a.cfg.KeyPrefix, domain.MaxPrefixLen)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
