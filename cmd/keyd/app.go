@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -102,6 +103,26 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	a.Reads = postgres.NewReadModel(a.Pool, time.Now)
 	a.Metrics = metrics.New()
 
+	if a.dev {
+		// keyd dev's data directory may have been removed while the database
+		// kept the read models of the old stream: they are derived data, so
+		// rebuild them from the stream at hand instead of stopping.
+		applied, err := a.Reads.AppliedSequence(initCtx)
+		if err != nil {
+			return err
+		}
+		last, err := a.Store.LastSequence(initCtx)
+		if err != nil {
+			return err
+		}
+		if applied > last {
+			a.log.Warn("the read models are ahead of the event stream (was the data directory removed?); rebuilding them from the stream",
+				"read_models_sequence", applied, "stream_last", last)
+			if err := projections.Rebuild(initCtx, a.Pool, js, io.Discard); err != nil {
+				return fmt.Errorf("rebuilding the read models: %w", err)
+			}
+		}
+	}
 	a.Projector = projections.NewProjector(a.Pool, js, a.log)
 	a.wg.Add(1)
 	go func() {

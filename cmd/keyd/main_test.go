@@ -397,3 +397,30 @@ func assertNoSecrets(t *testing.T, secrets []string, dir, text string) {
 		}
 	}
 }
+
+// TestDevWithANewDataDirectory: keyd dev started with a fresh data
+// directory (a new, empty stream) on a database holding the read models of
+// an older stream rebuilds them from the stream at hand and is ready.
+func TestDevWithANewDataDirectory(t *testing.T) {
+	db := testenv.PostgresURL(t)
+	r := MustStart(t, nil, devArgs(t.TempDir(), db)...)
+	token := strings.TrimSpace(r.App.cfg.AdminToken)
+	base := "http://" + r.App.HTTPAddr
+	if st, out, _ := httpDo(t, "POST", base+"/v1/orgs/acme/keys", token, map[string]any{"name": "old"}); st != 201 {
+		t.Fatalf("create: %d %v", st, out)
+	}
+	last, _ := r.App.Store.LastSequence(context.Background())
+	if _, err := r.App.Reads.WaitForSequence(context.Background(), last, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r.Stop()
+
+	r2 := MustStart(t, nil, devArgs(t.TempDir(), db)...)
+	base2 := "http://" + r2.App.HTTPAddr
+	token2 := r2.App.cfg.AdminToken
+	waitFor(t, 10*time.Second, func() bool { st, _, _ := httpDo(t, "GET", base2+"/readyz", "", nil); return st == 200 })
+	st, out, _ := httpDo(t, "GET", base2+"/v1/orgs/acme/keys", token2, nil)
+	if st != 200 || len(out["data"].([]any)) != 0 {
+		t.Fatalf("keys of the old stream are still listed: %d %v", st, out)
+	}
+}
