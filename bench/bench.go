@@ -83,7 +83,7 @@ func FullOptions() Options {
 		HTTPDuration:     10 * time.Second,
 		HTTPWarmup:       time.Second,
 		Verifiers:        8,
-		Revocations:      200,
+		Revocations:      500,
 		CommandClients:   32,
 		CommandDuration:  10 * time.Second,
 		CatchUpEvents:    100_000,
@@ -103,7 +103,7 @@ func QuickOptions() Options {
 		HTTPDuration:     2 * time.Second,
 		HTTPWarmup:       300 * time.Millisecond,
 		Verifiers:        8,
-		Revocations:      50,
+		Revocations:      100,
 		CommandClients:   32,
 		CommandDuration:  2 * time.Second,
 		CatchUpEvents:    10_000,
@@ -265,8 +265,7 @@ func Run(ctx context.Context, env Env, opts Options, onResult func(Result)) ([]R
 			continue
 		}
 		i++
-		if err := ctx.Err(); err != nil {
-			errs = append(errs, err)
+		if ctx.Err() != nil {
 			break
 		}
 		s := scenarioNamed(n)
@@ -286,6 +285,9 @@ func Run(ctx context.Context, env Env, opts Options, onResult func(Result)) ([]R
 			p.clear()
 			onResult(res)
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		errs = []error{fmt.Errorf("interrupted: %w", err)}
 	}
 	var out []Result
 	for _, s := range scenarios {
@@ -380,8 +382,8 @@ func detail(r Result) string {
 		return fmt.Sprintf("%v keys, %v goroutines; 1,000 hot keys: %v ns (floor %v ns)",
 			p["keys"], p["goroutines"], p["hot_ns"], p["hot_floor_ns"])
 	case "verify_http":
-		return fmt.Sprintf("%v conns; verify p50/p99 %v/%v ms; fixed reply %v req/s p50/p99 %v/%v ms; Postgres lookup %v req/s p50/p99 %v/%v ms (verify is %vx it)",
-			p["conns"], p["verify_p50_ms"], p["verify_p99_ms"], human(num(p["trivial_rps"])), p["trivial_p50_ms"], p["trivial_p99_ms"],
+		return fmt.Sprintf("%v conns; verify p50/p99 %v/%v ms; without last-use writes %v req/s (%vx); fixed reply %v req/s p50/p99 %v/%v ms; Postgres lookup %v req/s p50/p99 %v/%v ms (verify is %vx it)",
+			p["conns"], p["verify_p50_ms"], p["verify_p99_ms"], human(num(p["no_last_use_rps"])), p["no_last_use_ratio"], human(num(p["trivial_rps"])), p["trivial_p50_ms"], p["trivial_p99_ms"],
 			human(num(p["postgres_rps"])), p["postgres_p50_ms"], p["postgres_p99_ms"], p["postgres_ratio"])
 	case "revocation_propagation":
 		return fmt.Sprintf("%v revocations x %v verifiers: p50 %v ms, p99 %v ms, max %v ms (remote keyd serve p99 %v ms); floor p50 %v ms, p99 %v ms, max %v ms; revoke reply p50 %v ms",

@@ -229,13 +229,9 @@ func runVerifierBoot(ctx context.Context, r *runner) (Result, error) {
 		return Result{}, err
 	}
 	n := len(ks.secrets)
-	w, err := r.newWorld(ctx, "verifier_boot")
-	if err != nil {
-		return Result{}, err
-	}
-	defer w.close()
 	var best, bestRaw time.Duration
 	bytesPerKey := 0.0
+	var bytesRuns []float64
 	for run := range r.opts.BootRuns {
 		r.phase("raw read of the snapshot, run %d of %d", run+1, r.opts.BootRuns)
 		took, rows, err := rawSnapshotRead(ctx, r)
@@ -250,27 +246,35 @@ func runVerifierBoot(ctx context.Context, r *runner) (Result, error) {
 		}
 
 		r.phase("verifier boot, run %d of %d", run+1, r.opts.BootRuns)
+		// A world (NATS server) per boot, closed after it, so that nothing
+		// of an earlier verifier is still reachable when the heap is read.
+		w, err := r.newWorld(ctx, fmt.Sprintf("verifier_boot_%d", run+1))
+		if err != nil {
+			return Result{}, err
+		}
+		runtime.GC()
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
 		v, took, err := r.bootVerifier(ctx, w, discardLastUsed)
 		if err != nil {
+			w.close()
 			return Result{}, err
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		keys := v.Status().Keys
 		v.Close()
+		w.close()
 		if keys != n {
 			return Result{}, fmt.Errorf("the verifier holds %d keys, want %d", keys, n)
 		}
 		b := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
+		bytesRuns = append(bytesRuns, round(b, 1))
 		if run == 0 || took < best {
 			best = took
 		}
-		if run == 0 || b < bytesPerKey {
-			bytesPerKey = b
-		}
+		bytesPerKey = max(bytesPerKey, b)
 	}
 	res := Result{
 		Name: "verifier_boot", Value: round(best.Seconds(), 3), Unit: "s",
@@ -278,12 +282,13 @@ func runVerifierBoot(ctx context.Context, r *runner) (Result, error) {
 		Better:   "lower",
 		Goal:     "ratio ≤ 1.5, < 300 bytes/key",
 		Params: map[string]any{
-			"keys":          n,
-			"runs":          r.opts.BootRuns,
-			"bytes_per_key": round(bytesPerKey, 1),
-			"keys_per_sec":  round(float64(n)/best.Seconds(), 0),
-			"floor_seconds": round(bestRaw.Seconds(), 3),
-			"measured":      "best of runs; Verifier.Start from New to caught up; heap after GC with the verifier alive minus before",
+			"keys":               n,
+			"runs":               r.opts.BootRuns,
+			"bytes_per_key":      round(bytesPerKey, 1),
+			"bytes_per_key_runs": bytesRuns,
+			"keys_per_sec":       round(float64(n)/best.Seconds(), 0),
+			"floor_seconds":      round(bestRaw.Seconds(), 3),
+			"measured":           "seconds: best of runs, Verifier.Start from New to caught up; bytes: heap after GC with the verifier alive minus before, largest of runs",
 		},
 	}
 	res.Met = res.Value <= 1.5*res.Baseline.Value && bytesPerKey < 300
