@@ -232,9 +232,10 @@ func TestSecretsStayInTheirReplies(t *testing.T) {
 	if r := s.do(t, "GET", "/metrics", "", nil); r.Status != 200 {
 		t.Errorf("/metrics: %d", r.Status)
 	}
-	// An internal failure is logged (without the request's token).
+	// An unreachable database is unavailable (503, retry) and logged
+	// (without the request's token).
 	rec := serve(newBrokenReads(t, s), "GET", "/v1/orgs/org_a/keys", "Authorization", "Bearer "+tok)
-	if rec.Code != 500 || (reply{Body: rec.Body.Bytes()}).errorCode() != domain.EInternal ||
+	if rec.Code != 503 || (reply{Body: rec.Body.Bytes()}).errorCode() != domain.EUnavailable ||
 		strings.Contains(rec.Body.String(), "127.0.0.1") {
 		t.Errorf("a failing read model: %d %s", rec.Code, rec.Body)
 	}

@@ -152,11 +152,11 @@ func (r *ReadModel) ListKeys(ctx context.Context, org string, f KeyFilter) (keys
 
 	rows, err := r.pool.Query(ctx, q, args...)
 	if err != nil {
-		return nil, "", fmt.Errorf("list keys of organization %s: %w", org, err)
+		return nil, "", classify(fmt.Errorf("list keys of organization %s: %w", org, err))
 	}
 	found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[keyRow])
 	if err != nil {
-		return nil, "", fmt.Errorf("list keys of organization %s: %w", org, err)
+		return nil, "", classify(fmt.Errorf("list keys of organization %s: %w", org, err))
 	}
 	if len(found) > limit {
 		found = found[:limit]
@@ -189,14 +189,14 @@ func decodeCursor(c string) (keyID string, ok bool) {
 func (r *ReadModel) GetKey(ctx context.Context, org, keyID string) (domain.KeyView, error) {
 	rows, err := r.pool.Query(ctx, "SELECT "+keyColumns+" FROM keys WHERE org_id = $1 AND key_id = $2", org, keyID)
 	if err != nil {
-		return domain.KeyView{}, fmt.Errorf("get key %s: %w", keyID, err)
+		return domain.KeyView{}, classify(fmt.Errorf("get key %s: %w", keyID, err))
 	}
 	row, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[keyRow])
 	if errors.Is(err, pgx.ErrNoRows) {
 		return domain.KeyView{}, domain.Errorf(domain.ENotFound, "key %s not found in organization %s", keyID, org)
 	}
 	if err != nil {
-		return domain.KeyView{}, fmt.Errorf("get key %s: %w", keyID, err)
+		return domain.KeyView{}, classify(fmt.Errorf("get key %s: %w", keyID, err))
 	}
 	return row.view(r.now()), nil
 }
@@ -224,7 +224,7 @@ func (r *ReadModel) ListEvents(ctx context.Context, org string, after uint64, li
 		"SELECT seq, envelope::text FROM audit_events WHERE org_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
 		org, int64(after), limit)
 	if err != nil {
-		return nil, after, fmt.Errorf("list events of organization %s: %w", org, err)
+		return nil, after, classify(fmt.Errorf("list events of organization %s: %w", org, err))
 	}
 	type eventRow struct {
 		Seq      int64
@@ -232,13 +232,13 @@ func (r *ReadModel) ListEvents(ctx context.Context, org string, after uint64, li
 	}
 	found, err := pgx.CollectRows(rows, pgx.RowToStructByPos[eventRow])
 	if err != nil {
-		return nil, after, fmt.Errorf("list events of organization %s: %w", org, err)
+		return nil, after, classify(fmt.Errorf("list events of organization %s: %w", org, err))
 	}
 	nextAfter = after
 	for _, e := range found {
 		msg, err := withSequence(uint64(e.Seq), []byte(e.Envelope))
 		if err != nil {
-			return nil, after, fmt.Errorf("audit event %d of organization %s: %w", e.Seq, org, err)
+			return nil, after, classify(fmt.Errorf("audit event %d of organization %s: %w", e.Seq, org, err))
 		}
 		events = append(events, msg)
 		nextAfter = uint64(e.Seq)
@@ -269,11 +269,11 @@ func withSequence(seq uint64, envelope []byte) (json.RawMessage, error) {
 func (r *ReadModel) ListPermissions(ctx context.Context) ([]domain.Permission, error) {
 	rows, err := r.pool.Query(ctx, `SELECT slug, description, status FROM permissions ORDER BY slug COLLATE "C"`)
 	if err != nil {
-		return nil, fmt.Errorf("list permissions: %w", err)
+		return nil, classify(fmt.Errorf("list permissions: %w", err))
 	}
 	perms, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.Permission])
 	if err != nil {
-		return nil, fmt.Errorf("list permissions: %w", err)
+		return nil, classify(fmt.Errorf("list permissions: %w", err))
 	}
 	if perms == nil {
 		perms = []domain.Permission{}
@@ -290,7 +290,7 @@ func (r *ReadModel) AppliedSequence(ctx context.Context) (uint64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read the read models' applied sequence: %w", err)
+		return 0, classify(fmt.Errorf("read the read models' applied sequence: %w", err))
 	}
 	if seq < 0 {
 		return 0, nil
@@ -370,7 +370,7 @@ func (r *ReadModel) RecordLastUsed(ctx context.Context, used map[string]time.Tim
 		UPDATE keys k SET last_used_at = GREATEST(k.last_used_at, locked.at)
 		FROM locked WHERE k.key_id = locked.key_id`, ids, times)
 	if err != nil {
-		return fmt.Errorf("record last use of %d keys: %w", len(ids), err)
+		return classify(fmt.Errorf("record last use of %d keys: %w", len(ids), err))
 	}
 	return nil
 }
