@@ -309,9 +309,19 @@ func (s *Server) observe(r *http.Request, status int, d time.Duration) {
 	if s.Metrics == nil {
 		return
 	}
-	route := routeLabel(r)
-	s.Metrics.HTTPRequests.WithLabelValues(route, r.Method, fmt.Sprint(status)).Inc()
-	s.Metrics.HTTPSeconds.WithLabelValues(route, r.Method).Observe(d.Seconds())
+	route, method := routeLabel(r), methodLabel(r.Method)
+	s.Metrics.HTTPRequests.WithLabelValues(route, method, fmt.Sprint(status)).Inc()
+	s.Metrics.HTTPSeconds.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+// methodLabel is the method for metric labels: any method a client makes
+// up is "other", so clients cannot grow the metrics without bound.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
 }
 
 // routeLabel is the route pattern r matched, or "unmatched".

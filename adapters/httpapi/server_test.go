@@ -288,3 +288,17 @@ func newBrokenReads(t *testing.T, s *stack) http.Handler {
 		Sessions: s.sessions, Log: s.srv.Log,
 	}).Handler()
 }
+
+// TestMetricsMethodLabelIsBounded: made-up methods share one label, so a
+// client cannot grow /metrics without bound.
+func TestMetricsMethodLabelIsBounded(t *testing.T) {
+	m := metrics.New()
+	h := lightServer(func(s *Server) { s.Metrics = m }).Handler()
+	for i := range 50 {
+		serve(h, "X"+strings.Repeat("Y", i), "/nope")
+	}
+	body := serve(h, "GET", "/metrics").Body.String()
+	if strings.Contains(body, `method="XY`) || !strings.Contains(body, `method="other"`) {
+		t.Fatalf("made-up methods reached the labels:\n%.2000s", body)
+	}
+}
