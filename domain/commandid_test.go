@@ -2,6 +2,7 @@ package domain_test
 
 import (
 	"testing"
+	"time"
 
 	"github.com/keyd-dev/keyd/domain"
 )
@@ -46,5 +47,40 @@ func TestClientCommandIDResend(t *testing.T) {
 	}
 	if b.Key.ID != a.Key.ID || b.Secret != "" || b.Previous.ID != first.Key.ID || e.lastSeq() != seq {
 		t.Fatalf("resent rotate: new key %s vs %s, secret %q, appended %d", b.Key.ID, a.Key.ID, b.Secret, e.lastSeq()-seq)
+	}
+}
+
+// TestIdempotentCreateAfterUnknownOutcome: a create whose append landed but
+// whose store reported failure keeps its idempotency reservation, so the
+// client's retry gets that key instead of a second one.
+func TestIdempotentCreateAfterUnknownOutcome(t *testing.T) {
+	e := newEnv(t)
+	e.store.unknownOutcome = func(n int) bool { return n == 1 }
+	_, err := e.svc.CreateKey(e.ctx, "org1", domain.CreateKey{Name: "k", IdempotencyKey: "retry-me"})
+	if domain.ErrorCode(err) != domain.EUnavailable {
+		t.Fatalf("first create: %v, want unavailable", err)
+	}
+	seq := e.lastSeq()
+	res := e.create("org1", domain.CreateKey{Name: "k", IdempotencyKey: "retry-me"})
+	if res.Secret != "" || e.lastSeq() != seq || res.Key.Name != "k" {
+		t.Fatalf("retry created another key: secret %q, events %d -> %d", res.Secret, seq, e.lastSeq())
+	}
+}
+
+// TestIdempotentCreateAfterRulesChanged: a repeated create gets the first
+// key even when its permission was retired or its expires_at passed since.
+func TestIdempotentCreateAfterRulesChanged(t *testing.T) {
+	e := newEnv(t)
+	e.define("a:read")
+	exp := t0.Add(time.Hour)
+	cmd := domain.CreateKey{Name: "k", Permissions: []string{"a:read"}, ExpiresAt: &exp, IdempotencyKey: "i1"}
+	first := e.create("org1", cmd)
+	if _, err := e.svc.RetirePermission(e.ctx, domain.RetirePermission{Slug: "a:read"}); err != nil {
+		t.Fatal(err)
+	}
+	e.clk.Advance(2 * time.Hour)
+	again := e.create("org1", cmd)
+	if again.Key.ID != first.Key.ID || again.Secret != "" || again.Key.Status != domain.StatusExpired {
+		t.Fatalf("repeat after retire and expiry: %+v", again.Key)
 	}
 }

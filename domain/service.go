@@ -237,14 +237,6 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	if err := CheckActor(cmd.Actor); err != nil {
 		return CreateKeyResult{}, err
 	}
-	var expires *time.Time
-	if cmd.ExpiresAt != nil {
-		t := cmd.ExpiresAt.UTC().Truncate(time.Millisecond)
-		if !t.After(now) {
-			return CreateKeyResult{}, Errorf(EInvalid, "expires_at %s is not in the future", cmd.ExpiresAt.UTC().Format(time.RFC3339))
-		}
-		expires = &t
-	}
 	perms, err := NormalizePermissions(cmd.Permissions)
 	if err != nil {
 		return CreateKeyResult{}, err
@@ -254,13 +246,6 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	}
 	cmdID, err := s.commandID(cmd.CommandID)
 	if err != nil {
-		return CreateKeyResult{}, err
-	}
-	catalog, _, err := s.Catalog(ctx)
-	if err != nil {
-		return CreateKeyResult{}, err
-	}
-	if err := catalog.CheckGrantable(perms); err != nil {
 		return CreateKeyResult{}, err
 	}
 	ulid, err := s.newID()
@@ -303,11 +288,48 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 			}
 		}
 	}
-	res, err := s.appendNewKey(ctx, org, keyID, cmdID, cmd, perms, expires, now)
-	if err != nil && idem != "" {
+	// The rules that depend on time and on the catalog come after the
+	// idempotency lookup: a repeated create gets the first key even when its
+	// expires_at has passed or a permission was retired since.
+	res, attempted, err := s.createChecked(ctx, org, keyID, cmdID, cmd, perms, now)
+	if err != nil && idem != "" && !(attempted && maybeAppended(err)) {
 		_ = s.Idempotency.Release(context.WithoutCancel(ctx), org, idem, keyID)
 	}
 	return res, err
+}
+
+// maybeAppended reports whether a failed create may still have stored its
+// event (the store did not answer, or the conflict could not be resolved):
+// its idempotency reservation must then stay, so that a retry finds the key
+// (or, once the reservation is stale and no key appeared, takes it over).
+func maybeAppended(err error) bool {
+	switch ErrorCode(err) {
+	case EUnavailable, EConflict, EInternal:
+		return true
+	}
+	return false
+}
+
+// createChecked checks expires_at and the catalog, then appends the key;
+// attempted tells whether the append was tried.
+func (s *Service) createChecked(ctx context.Context, org, keyID, cmdID string, cmd CreateKey, perms []string, now time.Time) (_ CreateKeyResult, attempted bool, _ error) {
+	var expires *time.Time
+	if cmd.ExpiresAt != nil {
+		t := cmd.ExpiresAt.UTC().Truncate(time.Millisecond)
+		if !t.After(now) {
+			return CreateKeyResult{}, false, Errorf(EInvalid, "expires_at %s is not in the future", cmd.ExpiresAt.UTC().Format(time.RFC3339))
+		}
+		expires = &t
+	}
+	catalog, _, err := s.Catalog(ctx)
+	if err != nil {
+		return CreateKeyResult{}, false, err
+	}
+	if err := catalog.CheckGrantable(perms); err != nil {
+		return CreateKeyResult{}, false, err
+	}
+	res, err := s.appendNewKey(ctx, org, keyID, cmdID, cmd, perms, expires, now)
+	return res, true, err
 }
 
 func (s *Service) appendNewKey(ctx context.Context, org, keyID, cmdID string, cmd CreateKey, perms []string, expires *time.Time, now time.Time) (CreateKeyResult, error) {

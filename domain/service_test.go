@@ -72,12 +72,15 @@ type recStore struct {
 	// answer ErrConflict, as a JetStream store retrying a publish whose ack
 	// was lost does on a single server.
 	lostReply func(n int) bool
+	// unknownOutcome, if it returns true for the n-th call, makes a landed
+	// append answer a non-conflict error (the store gave up waiting).
+	unknownOutcome func(n int) bool
 }
 
 func (s *recStore) Append(ctx context.Context, msgs ...domain.Append) (uint64, error) {
 	s.mu.Lock()
 	s.calls++
-	n, before, lost := s.calls, s.before, s.lostReply
+	n, before, lost, unknown := s.calls, s.before, s.lostReply, s.unknownOutcome
 	s.mu.Unlock()
 	if before != nil {
 		before(n)
@@ -91,6 +94,9 @@ func (s *recStore) Append(ctx context.Context, msgs ...domain.Append) (uint64, e
 		s.mu.Unlock()
 		if lost != nil && lost(n) {
 			return 0, fmt.Errorf("%w (publish retried after a lost ack)", domain.ErrConflict)
+		}
+		if unknown != nil && unknown(n) {
+			return 0, errors.New("eventstore: unavailable: no ack after 3 attempts")
 		}
 	}
 	return seq, err
