@@ -84,3 +84,32 @@ func TestIdempotentCreateAfterRulesChanged(t *testing.T) {
 		t.Fatalf("repeat after retire and expiry: %+v", again.Key)
 	}
 }
+
+// TestClientCommandIDReusedForAnotherCommand: a Keyd-Command-Id that an
+// update used does not make a later revoke a silent no-op.
+func TestClientCommandIDReusedForAnotherCommand(t *testing.T) {
+	e := newEnv(t)
+	k := e.create("org1", domain.CreateKey{Name: "k"})
+	if _, err := e.svc.UpdateKey(e.ctx, "org1", domain.UpdateKey{KeyID: k.Key.ID, Name: ptr("renamed"), CommandID: "req-7"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.svc.RevokeKey(e.ctx, "org1", domain.RevokeKey{KeyID: k.Key.ID, CommandID: "req-7"})
+	wantErr(t, err, domain.EInvalid, "req-7")
+	if got := e.load("org1", k.Key.ID); got.Status != domain.StatusActive || got.Version != 2 {
+		t.Fatalf("key changed: %+v", got)
+	}
+}
+
+// TestKeyIDsIncreaseWithinAMillisecond: keys one Service creates in the same
+// millisecond still sort in creation order (lists are newest first by id).
+func TestKeyIDsIncreaseWithinAMillisecond(t *testing.T) {
+	e := newEnv(t) // the clock stands still
+	prev := ""
+	for i := range 50 {
+		id := e.create("org1", domain.CreateKey{Name: "k"}).Key.ID
+		if id <= prev {
+			t.Fatalf("key %d: id %s after %s", i, id, prev)
+		}
+		prev = id
+	}
+}

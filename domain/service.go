@@ -9,8 +9,11 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/oklog/ulid/v2"
 )
 
 // Service runs commands: load the aggregate (one read of the last event on
@@ -39,6 +42,9 @@ type Service struct {
 	// catalog is the last catalog Catalog decoded, with the event it came
 	// from: reused while the last catalog event is byte for byte the same.
 	catalog atomic.Pointer[decodedCatalog]
+
+	idMu sync.Mutex
+	ids  *ulid.MonotonicEntropy
 }
 
 type decodedCatalog struct {
@@ -159,11 +165,18 @@ func (s *Service) loadKey(ctx context.Context, org, keyID string) (KeyState, Rec
 
 // lastCommandID returns the command id on the event of rec.
 func lastCommandID(rec Record) string {
+	id, _ := lastCommand(rec)
+	return id
+}
+
+// lastCommand returns the command id and the event type of rec.
+func lastCommand(rec Record) (cmdID, typ string) {
 	var e struct {
 		CommandID string `json:"command_id"`
+		Type      string `json:"type"`
 	}
 	_ = json.Unmarshal(rec.Data, &e)
-	return e.CommandID
+	return e.CommandID, e.Type
 }
 
 // Catalog returns the current permission catalog and the sequence of its
@@ -192,7 +205,17 @@ func (s *Service) Catalog(ctx context.Context) (Catalog, uint64, error) {
 	return c, rec.Sequence, err
 }
 
-func (s *Service) newID() (string, error) { return NewULID(s.Now(), s.Rand) }
+// newID returns a ULID for now. IDs made by one Service increase strictly,
+// even within one millisecond (monotonic entropy), so key ids sort in
+// creation order ("newest first" lists) for the keys a process creates.
+func (s *Service) newID() (string, error) {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	if s.ids == nil {
+		s.ids = ulid.Monotonic(s.Rand, 0)
+	}
+	return NewULID(s.Now(), s.ids)
+}
 
 func (s *Service) commandID(given string) (string, error) {
 	if given != "" {
@@ -397,7 +420,7 @@ type change struct {
 // first attempt: a client resending a command whose reply it lost gets the
 // key as that command left it, and nothing is appended again (as long as no
 // other change came in between; then the command is decided anew).
-func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, clientID bool, actor Actor, retry bool,
+func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, clientID bool, evType string, actor Actor, retry bool,
 	decide func(k KeyState, now time.Time) ([]change, error)) (KeyState, []change, uint64, error) {
 	if !ValidOrgID(org) {
 		return KeyState{}, nil, 0, Errorf(EInvalid, "organization id %q must match ^[A-Za-z0-9_-]{1,64}$", org)
@@ -414,7 +437,10 @@ func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, clientID
 		if !ok {
 			return KeyState{}, nil, 0, Errorf(ENotFound, "key %s not found in organization %s", keyID, org)
 		}
-		if (attempt > 1 || clientID) && lastCommandID(rec) == cmdID {
+		if id, typ := lastCommand(rec); (attempt > 1 || clientID) && id == cmdID {
+			if typ != evType {
+				return KeyState{}, nil, 0, Errorf(EInvalid, "command id %q was already used for another command on key %s (%s); use a new Keyd-Command-Id", cmdID, keyID, typ)
+			}
 			// Our earlier attempt (or the client's) landed; its reply was lost.
 			return k, nil, rec.Sequence, nil
 		}
@@ -471,7 +497,7 @@ func (s *Service) RevokeKey(ctx context.Context, org string, cmd RevokeKey) (Key
 	if err != nil {
 		return KeyResult{}, err
 	}
-	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
+	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", EventKeyRevoked, actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
 		if k.Status == StatusRevoked {
 			return nil, nil
 		}
@@ -507,7 +533,7 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 	if err := catalog.CheckGrantable(perms); err != nil {
 		return KeyResult{}, err
 	}
-	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), cmd.ExpectedVersion == nil, func(k KeyState, now time.Time) ([]change, error) {
+	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", EventKeyPermissionsChanged, actorOr(cmd.Actor), cmd.ExpectedVersion == nil, func(k KeyState, now time.Time) ([]change, error) {
 		if cmd.ExpectedVersion != nil && *cmd.ExpectedVersion != k.Version {
 			return nil, Errorf(EConflict, "key %s is at version %d, not the expected version %d", k.ID, k.Version, *cmd.ExpectedVersion)
 		}
@@ -545,7 +571,7 @@ func (s *Service) UpdateKey(ctx context.Context, org string, cmd UpdateKey) (Key
 	if err != nil {
 		return KeyResult{}, err
 	}
-	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
+	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", EventKeyUpdated, actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
 		if err := k.checkMutable(now, "updated"); err != nil {
 			return nil, err
 		}
@@ -600,7 +626,7 @@ func (s *Service) RotateKey(ctx context.Context, org string, cmd RotateKey) (Rot
 		return RotateKeyResult{}, err
 	}
 	newID := KeyIDPrefix + ulid
-	old, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
+	old, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", EventKeyRotated, actorOr(cmd.Actor), true, func(k KeyState, now time.Time) ([]change, error) {
 		if err := k.checkMutable(now, "rotated"); err != nil {
 			return nil, err
 		}
