@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -262,14 +263,22 @@ func buildRows(ds []decoded) (*rows, error) {
 		lastDigest[string(d.digest)] = i
 		rs.audit.add(d)
 	}
+	// Key rows go in key id order: verifiers' last-use flushes
+	// (postgres.ReadModel.RecordLastUsed) lock keys rows in that order too,
+	// so the two can never deadlock.
+	keyRows := make([]int, 0, len(lastKey))
+	for _, i := range lastKey {
+		keyRows = append(keyRows, i)
+	}
+	slices.SortFunc(keyRows, func(a, b int) int { return strings.Compare(ds[a].key.ID, ds[b].key.ID) })
+	for _, i := range keyRows {
+		if err := rs.keys.add(ds[i]); err != nil {
+			return nil, err
+		}
+	}
 	for i, d := range ds {
 		if d.key == nil {
 			continue
-		}
-		if lastKey[d.key.ID] == i {
-			if err := rs.keys.add(d); err != nil {
-				return nil, err
-			}
 		}
 		if lastDigest[string(d.digest)] == i {
 			if err := rs.verif.add(d); err != nil {
