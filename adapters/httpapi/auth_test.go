@@ -123,7 +123,9 @@ func TestAdminSeesNotFoundAcrossOrgs(t *testing.T) {
 	s := newStack(t)
 	k := s.createKey("org_a", "k")
 	s.mustFail(t, domain.ENotFound, "GET", "/v1/orgs/org_b/keys/"+k.Key.ID+"?min_sequence="+u64(k.Sequence), adminToken, nil)
-	s.mustFail(t, domain.ENotFound, "GET", "/v1/orgs/org_a/keys/key_01J00000000000000000000000", adminToken, nil)
+	if r := s.mustFail(t, domain.ENotFound, "GET", "/v1/orgs/org_a/keys/key_01J00000000000000000000000", adminToken, nil); r.Header.Get(SequenceHeader) == "" {
+		t.Error("a 404 read has no Keyd-Sequence header")
+	}
 }
 
 func TestCreateWidgetSession(t *testing.T) {

@@ -175,6 +175,8 @@ func (s *Server) readSequence(w http.ResponseWriter, r *http.Request) (seq uint6
 				s.fail(w, r, readError(err))
 				return 0, false
 			}
+			// Set now, so that a read that then fails (404) tells it too.
+			w.Header().Set(SequenceHeader, strconv.FormatUint(applied, 10))
 			return applied, true
 		}
 	}
@@ -183,6 +185,7 @@ func (s *Server) readSequence(w http.ResponseWriter, r *http.Request) (seq uint6
 		s.fail(w, r, readError(err))
 		return 0, false
 	}
+	w.Header().Set(SequenceHeader, strconv.FormatUint(applied, 10))
 	return applied, true
 }
 
