@@ -93,7 +93,16 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, o Ov
 			return nil, err
 		}
 		res, err := r.Service.RevokeKey(ctx, org, c)
-		return r.waited(ctx, res, res.Sequence, err)
+		if err == nil && r.WaitApplied != nil {
+			// A revoke reply promises that this process already refuses the
+			// key; revoking again is harmless, so say "retry" rather than
+			// reply before the local verifier has applied it.
+			if werr := r.WaitApplied(ctx, res.Sequence); werr != nil {
+				return nil, domain.Errorf(domain.EUnavailable, "key %s is revoked (stream sequence %d), but this process's verifier has not applied it yet; retry the revoke", c.KeyID, res.Sequence)
+			}
+			return res, nil
+		}
+		return res, err
 	case SetPermissions:
 		var c domain.SetPermissions
 		if err := decodeKey(payload, &c, &c.KeyID, o); err != nil {
@@ -131,7 +140,9 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, o Ov
 	return nil, domain.Errorf(domain.EInvalid, "unknown command %q; commands are create, revoke, set_permissions, update, rotate (keyd.cmd.keys.<org>.<command>) and define, retire (keyd.cmd.permissions.<command>)", name)
 }
 
-// waited waits for the local verifier to apply seq before replying.
+// waited waits for the local verifier to apply seq before replying. The
+// event is stored either way, and these commands are not harmless to repeat,
+// so a verifier that does not catch up in time is logged, not reported.
 func (r *Runner) waited(ctx context.Context, res any, seq uint64, err error) (any, error) {
 	if err != nil {
 		return nil, err
