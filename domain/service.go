@@ -526,14 +526,15 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 	if err != nil {
 		return KeyResult{}, err
 	}
-	catalog, _, err := s.Catalog(ctx)
-	if err != nil {
-		return KeyResult{}, err
-	}
-	if err := catalog.CheckGrantable(perms); err != nil {
-		return KeyResult{}, err
-	}
 	k, changes, seq, err := s.mutate(ctx, org, cmd.KeyID, cmdID, cmd.CommandID != "", EventKeyPermissionsChanged, actorOr(cmd.Actor), cmd.ExpectedVersion == nil, func(k KeyState, now time.Time) ([]change, error) {
+		// Read on every attempt: a retire that landed meanwhile counts.
+		catalog, _, err := s.Catalog(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := catalog.CheckGrantable(perms); err != nil {
+			return nil, err
+		}
 		if cmd.ExpectedVersion != nil && *cmd.ExpectedVersion != k.Version {
 			return nil, Errorf(EConflict, "key %s is at version %d, not the expected version %d", k.ID, k.Version, *cmd.ExpectedVersion)
 		}
