@@ -160,3 +160,18 @@ func (e Event) Catalog() (Catalog, error) {
 	}
 	return NewCatalog(d.Catalog), nil
 }
+
+// CheckSubject reports whether the event belongs on subject: a key event on
+// its key's subject, a catalog event on the catalog subject. An event on
+// another subject (a forged or misrouted message) is invalid_argument and
+// must not be applied.
+func (e Event) CheckSubject(subject string) error {
+	want := CatalogSubject
+	if e.IsKeyEvent() {
+		want = KeySubject(e.OrgID, e.KeyID)
+	}
+	if subject != want {
+		return Errorf(EInvalid, "event %s (%s) is on subject %q, not %q", e.ID, e.Type, subject, want)
+	}
+	return nil
+}

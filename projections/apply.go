@@ -84,10 +84,12 @@ func decodeRecord(r domain.Record) (decoded, error) {
 		return fail(err)
 	}
 	d := decoded{seq: r.Sequence, raw: r.Data, ev: ev}
-	if ev.IsKeyEvent() {
-		if r.Subject != "" && r.Subject != domain.KeySubject(ev.OrgID, ev.KeyID) {
-			return fail(fmt.Errorf("key event %s of key %s is on subject %q, not %q", ev.ID, ev.KeyID, r.Subject, domain.KeySubject(ev.OrgID, ev.KeyID)))
+	if r.Subject != "" {
+		if err := ev.CheckSubject(r.Subject); err != nil {
+			return fail(err)
 		}
+	}
+	if ev.IsKeyEvent() {
 		k, err := ev.KeyState()
 		if err != nil {
 			return fail(err)
@@ -98,9 +100,6 @@ func decodeRecord(r domain.Record) (decoded, error) {
 		}
 		d.key, d.digest = &k, dg
 		return d, nil
-	}
-	if r.Subject != "" && r.Subject != domain.CatalogSubject {
-		return fail(fmt.Errorf("catalog event %s is on subject %q, not %q", ev.ID, r.Subject, domain.CatalogSubject))
 	}
 	c, err := ev.Catalog()
 	if err != nil {

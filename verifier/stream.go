@@ -129,10 +129,14 @@ func (a *applier) publishWork() {
 	a.v.nkeys.Store(int64(a.keys))
 }
 
-// apply applies one event. Errors describe an event that cannot be applied.
-func (a *applier) apply(data []byte) error {
+// apply applies one event, stored on subject. Errors describe an event that
+// cannot be applied.
+func (a *applier) apply(subject string, data []byte) error {
 	ev, err := domain.DecodeEvent(data)
 	if err != nil {
+		return err
+	}
+	if err := ev.CheckSubject(subject); err != nil {
 		return err
 	}
 	if ev.IsKeyEvent() {
@@ -398,7 +402,7 @@ func (v *Verifier) consume(ctx context.Context, a *applier, fromSnapshot bool, t
 			} else if seq != a.applied+1 {
 				v.log.Warn("verifier: the stream skipped sequences (deleted messages?)", "after", a.applied, "next", seq)
 			}
-			if err := a.apply(m.Data()); err != nil {
+			if err := a.apply(m.Subject(), m.Data()); err != nil {
 				v.fail(seq, m.Subject(), err)
 			}
 			a.applied = seq
