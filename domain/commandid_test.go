@@ -113,3 +113,33 @@ func TestKeyIDsIncreaseWithinAMillisecond(t *testing.T) {
 		prev = id
 	}
 }
+
+// TestLostReplyThenAnotherWriter: our append lands, its reply is lost, and
+// another writer changes the key before we look again. The command still
+// succeeds once, with the state it produced, and is not applied twice.
+func TestLostReplyThenAnotherWriter(t *testing.T) {
+	e := newEnv(t)
+	e.define("a:read")
+	k := e.create("org1", domain.CreateKey{Name: "k"})
+	e.store.lostReply = func(n int) bool {
+		if n != 1 {
+			return false
+		}
+		if _, err := e.other.SetPermissions(e.ctx, "org1", domain.SetPermissions{KeyID: k.Key.ID, Permissions: []string{"a:read"}}); err != nil {
+			t.Errorf("other writer: %v", err)
+		}
+		return true
+	}
+	e.store.calls = 0
+	res, err := e.svc.UpdateKey(e.ctx, "org1", domain.UpdateKey{KeyID: k.Key.ID, Name: ptr("renamed")})
+	if err != nil {
+		t.Fatalf("update after a lost reply and another writer: %v", err)
+	}
+	if res.Key.Name != "renamed" || res.Key.Version != 2 {
+		t.Fatalf("reply %+v, want the state our update produced (version 2)", res.Key)
+	}
+	got := e.load("org1", k.Key.ID)
+	if got.Version != 3 || got.Name != "renamed" || len(got.Permissions) != 1 {
+		t.Fatalf("key now %+v, want version 3 (our update once, then the other writer)", got)
+	}
+}

@@ -428,6 +428,7 @@ func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, clientID
 	if !ValidKeyID(keyID) {
 		return KeyState{}, nil, 0, Errorf(EInvalid, "key id %q is not a key id (key_ followed by a 26-character ULID)", keyID)
 	}
+	var firstSeq uint64 // the key's last sequence when this command first read it
 	for attempt := 1; ; attempt++ {
 		now := s.now()
 		k, rec, ok, err := s.loadKey(ctx, org, keyID)
@@ -436,6 +437,20 @@ func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, clientID
 		}
 		if !ok {
 			return KeyState{}, nil, 0, Errorf(ENotFound, "key %s not found in organization %s", keyID, org)
+		}
+		if attempt == 1 {
+			firstSeq = rec.Sequence
+		} else if lastCommandID(rec) != cmdID && rec.Sequence > firstSeq {
+			// Others appended since; one of our own attempts may be among
+			// them (it landed, its reply was lost, then others wrote).
+			if found, fk, fseq, typ, err := s.findCommand(ctx, KeySubject(org, keyID), firstSeq, rec.Sequence, cmdID); err != nil {
+				return KeyState{}, nil, 0, err
+			} else if found {
+				if typ != evType {
+					return KeyState{}, nil, 0, Errorf(EInvalid, "command id %q was already used for another command on key %s (%s); use a new Keyd-Command-Id", cmdID, keyID, typ)
+				}
+				return fk, nil, fseq, nil
+			}
 		}
 		if id, typ := lastCommand(rec); (attempt > 1 || clientID) && id == cmdID {
 			if typ != evType {
@@ -482,6 +497,31 @@ func (s *Service) mutate(ctx context.Context, org, keyID, cmdID string, clientID
 			return KeyState{}, nil, 0, Errorf(EConflict, "key %s is being changed by other writers; retry", keyID)
 		}
 	}
+}
+
+// findCommand looks for the event of command cmdID on subject among the
+// messages after `after` up to `upTo` (at most 64 of them), and returns the
+// key's state after that event, its sequence and its type.
+func (s *Service) findCommand(ctx context.Context, subject string, after, upTo uint64, cmdID string) (found bool, k KeyState, seq uint64, typ string, err error) {
+	for range 64 {
+		rec, ok, err := s.Store.Next(ctx, subject, after)
+		if err != nil {
+			return false, KeyState{}, 0, "", storeError(err)
+		}
+		if !ok || rec.Sequence > upTo {
+			return false, KeyState{}, 0, "", nil
+		}
+		if lastCommandID(rec) == cmdID {
+			ev, err := DecodeEvent(rec.Data)
+			if err != nil {
+				return false, KeyState{}, 0, "", err
+			}
+			k, err := ev.KeyState()
+			return err == nil, k, rec.Sequence, ev.Type, err
+		}
+		after = rec.Sequence
+	}
+	return false, KeyState{}, 0, "", nil
 }
 
 // RevokeKey revokes a key. Revoking a revoked key replies with the key as it

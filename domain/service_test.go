@@ -102,6 +102,10 @@ func (s *recStore) Append(ctx context.Context, msgs ...domain.Append) (uint64, e
 	return seq, err
 }
 
+func (s *recStore) Next(ctx context.Context, subject string, after uint64) (domain.Record, bool, error) {
+	return s.inner.Next(ctx, subject, after)
+}
+
 func (s *recStore) Last(ctx context.Context, subject string) (domain.Record, bool, error) {
 	return s.inner.Last(ctx, subject)
 }
@@ -1212,6 +1216,9 @@ func TestLostReply(t *testing.T) {
 type failingStore struct{ err error }
 
 func (f failingStore) Append(context.Context, ...domain.Append) (uint64, error) { return 0, f.err }
+func (f failingStore) Next(context.Context, string, uint64) (domain.Record, bool, error) {
+	return domain.Record{}, false, f.err
+}
 func (f failingStore) Last(context.Context, string) (domain.Record, bool, error) {
 	return domain.Record{}, false, f.err
 }

@@ -36,6 +36,10 @@ type EventStore interface {
 	// Last returns the newest message on subject, or ok=false if there is
 	// none. It costs one lookup whatever the stream's length.
 	Last(ctx context.Context, subject string) (rec Record, ok bool, err error)
+	// Next returns the first message on subject whose sequence is above
+	// after, or ok=false if there is none. It reads what the stream's
+	// writer has stored (not a possibly lagging replica).
+	Next(ctx context.Context, subject string, after uint64) (rec Record, ok bool, err error)
 }
 
 // IdempotencyRecord is what an idempotency key of create points to.

@@ -263,6 +263,22 @@ func (s *JetStream) confirmDuplicate(ctx context.Context, a domain.Append, seq u
 
 // leaderNextOnSubject returns the sequence of the first message on subject at
 // or after seq, asking the stream leader (not a possibly lagging replica).
+// Next returns the first message on subject with a sequence above after,
+// read from the stream leader (one request).
+func (s *JetStream) Next(ctx context.Context, subject string, after uint64) (domain.Record, bool, error) {
+	if err := checkSubject(subject); err != nil {
+		return domain.Record{}, false, err
+	}
+	rec, ok, err := s.leaderGet(ctx, leaderGetRequest{Seq: after + 1, NextFor: subject})
+	if err != nil {
+		return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s after %d: %w", subject, after, err)
+	}
+	if ok && rec.Subject != subject {
+		return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s after %d: the reply holds a message of another subject", subject, after)
+	}
+	return rec, ok, nil
+}
+
 func (s *JetStream) leaderNextOnSubject(ctx context.Context, seq uint64, subject string) (uint64, bool, error) {
 	rec, ok, err := s.leaderGet(ctx, leaderGetRequest{Seq: seq, NextFor: subject})
 	if err != nil {

@@ -107,6 +107,24 @@ func (m *Memory) Last(ctx context.Context, subject string) (domain.Record, bool,
 	return domain.Record{Subject: subject, Sequence: seq, Data: slices.Clone(m.log[seq-1].data)}, true, nil
 }
 
+// Next returns the first message on subject with a sequence above after.
+func (m *Memory) Next(ctx context.Context, subject string, after uint64) (domain.Record, bool, error) {
+	if err := checkSubject(subject); err != nil {
+		return domain.Record{}, false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s: %w", subject, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for seq := after + 1; seq <= uint64(len(m.log)); seq++ {
+		if r := m.log[seq-1]; r.subject == subject {
+			return domain.Record{Subject: subject, Sequence: seq, Data: slices.Clone(r.data)}, true, nil
+		}
+	}
+	return domain.Record{}, false, nil
+}
+
 // LastSequence returns the sequence of the newest message (0: none).
 func (m *Memory) LastSequence(ctx context.Context) (uint64, error) {
 	if err := ctx.Err(); err != nil {

@@ -42,6 +42,7 @@ func Run(t *testing.T, newStore func(t *testing.T) domain.EventStore) {
 	}{
 		{"RoundTrip", testRoundTrip},
 		{"LastOnEmptySubject", testLastEmpty},
+		{"NextOnSubject", testNext},
 		{"ExpectZeroOnNonEmpty", testExpectZeroOnNonEmpty},
 		{"StaleExpectedSequence", testStale},
 		{"SequencesIncreaseAcrossSubjects", testIncreasing},
@@ -160,6 +161,34 @@ func testRoundTrip(t *testing.T, s domain.EventStore) {
 	}
 	mustLast(t, s, subjA, s2, `{"n":2}`)
 	mustLast(t, s, subjB, 0, "")
+}
+
+func testNext(t *testing.T, s domain.EventStore) {
+	a1 := mustAppend(t, s, msg(subjA, 0, "a1"))
+	b1 := mustAppend(t, s, msg(subjB, 0, "b1"))
+	a2 := mustAppend(t, s, msg(subjA, a1, "a2"))
+	for _, tc := range []struct {
+		subject string
+		after   uint64
+		want    uint64 // 0: none
+		data    string
+	}{
+		{subjA, 0, a1, "a1"},
+		{subjA, a1, a2, "a2"},
+		{subjA, b1, a2, "a2"},
+		{subjA, a2, 0, ""},
+		{subjB, 0, b1, "b1"},
+		{subjB, b1, 0, ""},
+		{subjB + "x", 0, 0, ""},
+	} {
+		rec, ok, err := s.Next(ctxT(t), tc.subject, tc.after)
+		if err != nil {
+			t.Fatalf("Next(%s, %d): %v", tc.subject, tc.after, err)
+		}
+		if ok != (tc.want != 0) || (ok && (rec.Sequence != tc.want || string(rec.Data) != tc.data || rec.Subject != tc.subject)) {
+			t.Errorf("Next(%s, %d) = %d %q %v, want %d %q", tc.subject, tc.after, rec.Sequence, rec.Data, ok, tc.want, tc.data)
+		}
+	}
 }
 
 func testLastEmpty(t *testing.T, s domain.EventStore) {
