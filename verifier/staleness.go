@@ -52,6 +52,9 @@ func (c *contact) init() { c.epoch = time.Now() }
 
 func (c *contact) clock() time.Duration { return time.Since(c.epoch) }
 
+// at is the contact clock at t, a time.Now() reading (monotonic).
+func (c *contact) at(t time.Time) time.Duration { return t.Sub(c.epoch) }
+
 // touch records contact at instant at.
 func (c *contact) touch(at time.Duration) {
 	for {
@@ -64,8 +67,12 @@ func (c *contact) touch(at time.Duration) {
 
 // since returns how long ago the last contact was (the whole lifetime if
 // there was none).
-func (c *contact) since() time.Duration {
-	return c.clock() - time.Duration(c.last.Load())
+func (c *contact) since() time.Duration { return c.sinceAt(c.clock()) }
+
+// sinceAt is how long before instant mono of the contact clock the last
+// contact was.
+func (c *contact) sinceAt(mono time.Duration) time.Duration {
+	return mono - time.Duration(c.last.Load())
 }
 
 // observed records a probe that read the stream's last sequence at instant at.

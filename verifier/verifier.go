@@ -128,6 +128,9 @@ type Config struct {
 // verifications. Build it with New (or Connect), then Start it. Its methods
 // are safe for concurrent use, except that Close must not race with Start.
 type Verifier struct {
+	// realClock: Config.Now is the default (time.Now), so one clock read
+	// serves a verification's expiry, last use and staleness checks.
+	realClock    bool
 	cfg          Config
 	log          *slog.Logger
 	now          func() time.Time
@@ -193,6 +196,7 @@ func New(cfg Config) *Verifier {
 	}
 	if v.now == nil {
 		v.now = time.Now
+		v.realClock = true
 	}
 	if v.nc == nil && cfg.JS != nil {
 		v.nc = cfg.JS.Conn()
@@ -301,7 +305,17 @@ func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...str
 		}
 	}
 	seq := v.applied.Load() // before the lookup: the state read is at least this new
-	if err := v.unavailable(); err != nil {
+	var now time.Time
+	var mono time.Duration
+	if v.realClock {
+		// One clock read (reads of the clock serialize the CPU's memory
+		// accesses, which costs more than the read itself on the hot path).
+		now = time.Now()
+		mono = v.contact.at(now)
+	} else {
+		mono = v.contact.clock()
+	}
+	if err := v.unavailableAt(mono); err != nil {
 		return Result{}, err
 	}
 	if !domain.ValidSecret(secret) {
@@ -314,7 +328,9 @@ func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...str
 	}
 	st := sl.state.Load()
 	r := Result{Code: CodeValid, Key: st.info(), Sequence: seq}
-	now := v.now()
+	if !v.realClock {
+		now = v.now()
+	}
 	switch {
 	case st.revoked:
 		r.Code = CodeRevoked
@@ -338,14 +354,17 @@ func invalidPermission(p string) error {
 }
 
 // unavailable returns why the verifier cannot give a verdict now, or nil.
-func (v *Verifier) unavailable() error {
+func (v *Verifier) unavailable() error { return v.unavailableAt(v.contact.clock()) }
+
+// unavailableAt is unavailable at instant mono of the contact clock.
+func (v *Verifier) unavailableAt(mono time.Duration) error {
 	if !v.booted.Load() {
 		return domain.Errorf(domain.EUnavailable, "the key verifier is still loading keys (applied stream sequence %d); retry shortly", v.applied.Load())
 	}
 	if f := v.failed.Load(); f != nil {
 		return domain.Errorf(domain.EUnavailable, "the key verifier met an event it cannot apply and no longer vouches for keys: %v", f.err)
 	}
-	if since := v.contact.since(); since > v.maxStaleness {
+	if since := v.contact.sinceAt(mono); since > v.maxStaleness {
 		return domain.Errorf(domain.EUnavailable, "the key verifier has been cut off from the event stream for %s (longer than %s), so revocations may be missing; retry later",
 			since.Round(time.Millisecond), v.maxStaleness)
 	}
