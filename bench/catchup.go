@@ -2,9 +2,6 @@ package bench
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -174,16 +171,7 @@ func publishHistory(ctx context.Context, w *world, nKeys int, tick func(int)) ([
 		if err != nil {
 			return nil, err
 		}
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(i))
-		dg := sha256.Sum256(n[:])
-		org := fmt.Sprintf("org_%03d", i%100)
-		k := domain.KeyState{
-			ID: domain.KeyIDPrefix + u, OrgID: org, Name: fmt.Sprintf("key %d", i),
-			Owner: domain.Owner{Type: "organization", ID: org}, Mask: fmt.Sprintf("sk_…%04d", i%10000),
-			Digest: hex.EncodeToString(dg[:]), Permissions: []string{"posts:read", "posts:write"},
-			Status: domain.StatusActive, CreatedAt: at, Metadata: map[string]string{"env": "prod"}, Version: 1,
-		}
+		k := projections.SyntheticKey(i, at, domain.KeyIDPrefix+u)
 		states[i] = k
 		if err := publish(domain.EventKeyCreated, k, at, domain.KeyCreatedData{Key: k}); err != nil {
 			return nil, err

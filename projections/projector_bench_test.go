@@ -3,11 +3,8 @@ package projections
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -62,16 +59,7 @@ func benchHistory(tb testing.TB) []benchEvent {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(i))
-		dg := sha256.Sum256(n[:])
-		org := fmt.Sprintf("org_%03d", i%100)
-		k := domain.KeyState{
-			ID: domain.KeyIDPrefix + u, OrgID: org, Name: fmt.Sprintf("key %d", i),
-			Owner: domain.Owner{Type: "organization", ID: org}, Mask: fmt.Sprintf("sk_…%04d", i%10000),
-			Digest: hex.EncodeToString(dg[:]), Permissions: []string{"posts:read", "posts:write"},
-			Status: domain.StatusActive, CreatedAt: at, Metadata: map[string]string{"env": "prod"}, Version: 1,
-		}
+		k := SyntheticKey(i, at, domain.KeyIDPrefix+u)
 		states[i] = k
 		out = append(out, event(domain.EventKeyCreated, k, at, domain.KeyCreatedData{Key: k}))
 	}

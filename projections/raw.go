@@ -2,7 +2,11 @@ package projections
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -107,4 +111,21 @@ func (r *RawUpsert) Write(ctx context.Context, pool *pgxpool.Pool) error {
 		}
 	}
 	return nil
+}
+
+// SyntheticKey is key number i of a benchmark's replay data (keyd bench,
+// BenchmarkCatchUp): created at `at` with id keyID, in one of 100
+// organizations, with two permissions and a little metadata, and a digest
+// derived from i (no secret exists for it).
+func SyntheticKey(i int, at time.Time, keyID string) domain.KeyState {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(i))
+	dg := sha256.Sum256(n[:])
+	org := fmt.Sprintf("org_%03d", i%100)
+	return domain.KeyState{
+		ID: keyID, OrgID: org, Name: fmt.Sprintf("key %d", i),
+		Owner: domain.Owner{Type: "organization", ID: org}, Mask: fmt.Sprintf("sk_…%04d", i%10000),
+		Digest: hex.EncodeToString(dg[:]), Permissions: []string{"posts:read", "posts:write"},
+		Status: domain.StatusActive, CreatedAt: at, Metadata: map[string]string{"env": "prod"}, Version: 1,
+	}
 }
