@@ -59,15 +59,10 @@ func runRevocation(ctx context.Context, r *runner) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	stream, err := w.js.Stream(ctx, domain.StreamName)
+	lastSeq, err := w.streamLast(ctx)
 	if err != nil {
 		return Result{}, err
 	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	lastSeq := info.State.LastSeq
 	if err := r.waitProjected(ctx, lastSeq); err != nil {
 		return Result{}, err
 	}

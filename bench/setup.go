@@ -215,6 +215,19 @@ func (w *world) connect(name string) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// streamLast returns the last sequence of KEYD_EVENTS.
+func (w *world) streamLast(ctx context.Context) (uint64, error) {
+	stream, err := w.js.Stream(ctx, domain.StreamName)
+	if err != nil {
+		return 0, err
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
+}
+
 func (w *world) onClose(f func()) { w.closers = append(w.closers, f) }
 
 func (w *world) close() {
