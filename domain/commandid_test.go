@@ -11,21 +11,22 @@ import (
 // Keyd-Command-Id (its first reply was lost) gets the result of the first
 // one, and nothing is appended again.
 func TestClientCommandIDResend(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a:read", "a:write")
 
-	first := e.create("org1", domain.CreateKey{Name: "k", CommandID: "cmd-create-1"})
+	first := e.create("org1", domain.CreateKey{Name: "k", Meta: domain.Meta{CommandID: "cmd-create-1"}})
 	seq := e.lastSeq()
-	again := e.create("org1", domain.CreateKey{Name: "k", CommandID: "cmd-create-1"})
+	again := e.create("org1", domain.CreateKey{Name: "k", Meta: domain.Meta{CommandID: "cmd-create-1"}})
 	if again.Key.ID != first.Key.ID || again.Secret != "" || e.lastSeq() != seq {
 		t.Fatalf("resent create: id %s vs %s, secret %q, seq %d vs %d", again.Key.ID, first.Key.ID, again.Secret, e.lastSeq(), seq)
 	}
-	other := e.create("org1", domain.CreateKey{Name: "k", CommandID: "cmd-create-2"})
+	other := e.create("org1", domain.CreateKey{Name: "k", Meta: domain.Meta{CommandID: "cmd-create-2"}})
 	if other.Key.ID == first.Key.ID || other.Secret == "" {
 		t.Fatal("a different command id must create a new key")
 	}
 
-	sp := domain.SetPermissions{KeyID: first.Key.ID, Permissions: []string{"a:read"}, ExpectedVersion: ptr(int64(1)), CommandID: "cmd-sp-1"}
+	sp := domain.SetPermissions{KeyID: first.Key.ID, Permissions: []string{"a:read"}, ExpectedVersion: ptr(int64(1)), Meta: domain.Meta{CommandID: "cmd-sp-1"}}
 	r1, err := e.svc.SetPermissions(e.ctx, "org1", sp)
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +36,7 @@ func TestClientCommandIDResend(t *testing.T) {
 		t.Fatalf("resent set_permissions with expected_version: %v, seq %d vs %d", err, r2.Sequence, r1.Sequence)
 	}
 
-	rot := domain.RotateKey{KeyID: first.Key.ID, GracePeriodSeconds: ptr(int64(60)), CommandID: "cmd-rot-1"}
+	rot := domain.RotateKey{KeyID: first.Key.ID, GracePeriodSeconds: ptr(int64(60)), Meta: domain.Meta{CommandID: "cmd-rot-1"}}
 	a, err := e.svc.RotateKey(e.ctx, "org1", rot)
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +55,7 @@ func TestClientCommandIDResend(t *testing.T) {
 // whose store reported failure keeps its idempotency reservation, so the
 // client's retry gets that key instead of a second one.
 func TestIdempotentCreateAfterUnknownOutcome(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.store.unknownOutcome = func(n int) bool { return n == 1 }
 	_, err := e.svc.CreateKey(e.ctx, "org1", domain.CreateKey{Name: "k", IdempotencyKey: "retry-me"})
@@ -70,6 +72,7 @@ func TestIdempotentCreateAfterUnknownOutcome(t *testing.T) {
 // TestIdempotentCreateAfterRulesChanged: a repeated create gets the first
 // key even when its permission was retired or its expires_at passed since.
 func TestIdempotentCreateAfterRulesChanged(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a:read")
 	exp := t0.Add(time.Hour)
@@ -88,12 +91,13 @@ func TestIdempotentCreateAfterRulesChanged(t *testing.T) {
 // TestClientCommandIDReusedForAnotherCommand: a Keyd-Command-Id that an
 // update used does not make a later revoke a silent no-op.
 func TestClientCommandIDReusedForAnotherCommand(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := e.create("org1", domain.CreateKey{Name: "k"})
-	if _, err := e.svc.UpdateKey(e.ctx, "org1", domain.UpdateKey{KeyID: k.Key.ID, Name: ptr("renamed"), CommandID: "req-7"}); err != nil {
+	if _, err := e.svc.UpdateKey(e.ctx, "org1", domain.UpdateKey{KeyID: k.Key.ID, Name: ptr("renamed"), Meta: domain.Meta{CommandID: "req-7"}}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := e.svc.RevokeKey(e.ctx, "org1", domain.RevokeKey{KeyID: k.Key.ID, CommandID: "req-7"})
+	_, err := e.svc.RevokeKey(e.ctx, "org1", domain.RevokeKey{KeyID: k.Key.ID, Meta: domain.Meta{CommandID: "req-7"}})
 	wantErr(t, err, domain.EInvalid, "req-7")
 	if got := e.load("org1", k.Key.ID); got.Status != domain.StatusActive || got.Version != 2 {
 		t.Fatalf("key changed: %+v", got)
@@ -103,6 +107,7 @@ func TestClientCommandIDReusedForAnotherCommand(t *testing.T) {
 // TestKeyIDsIncreaseWithinAMillisecond: keys one Service creates in the same
 // millisecond still sort in creation order (lists are newest first by id).
 func TestKeyIDsIncreaseWithinAMillisecond(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t) // the clock stands still
 	prev := ""
 	for i := range 50 {
@@ -118,6 +123,7 @@ func TestKeyIDsIncreaseWithinAMillisecond(t *testing.T) {
 // another writer changes the key before we look again. The command still
 // succeeds once, with the state it produced, and is not applied twice.
 func TestLostReplyThenAnotherWriter(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a:read")
 	k := e.create("org1", domain.CreateKey{Name: "k"})
@@ -141,5 +147,33 @@ func TestLostReplyThenAnotherWriter(t *testing.T) {
 	got := e.load("org1", k.Key.ID)
 	if got.Version != 3 || got.Name != "renamed" || len(got.Permissions) != 1 {
 		t.Fatalf("key now %+v, want version 3 (our update once, then the other writer)", got)
+	}
+}
+
+// TestCatalogLostReplyThenAnotherWriter: the catalog goes through the same
+// engine as keys: a define whose reply was lost, followed by another
+// writer's define, is recognized among the events since (not decided anew),
+// and replies with the permission as it left it.
+func TestCatalogLostReplyThenAnotherWriter(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.store.lostReply = func(n int) bool {
+		if n != 1 {
+			return false
+		}
+		if _, err := e.other.DefinePermission(e.ctx, domain.DefinePermission{Slug: "b", Description: "B"}); err != nil {
+			t.Errorf("other writer: %v", err)
+		}
+		return true
+	}
+	r, err := e.svc.DefinePermission(e.ctx, domain.DefinePermission{Slug: "a", Description: "A"})
+	if err != nil {
+		t.Fatalf("define after a lost reply and another writer: %v", err)
+	}
+	if r.Permission != active("a", "A") || r.Sequence != 1 {
+		t.Errorf("reply %+v, want permission a at sequence 1 (our event)", r)
+	}
+	if e.lastSeq() != 2 || e.store.Calls() != 1 {
+		t.Errorf("%d events, %d appends; want 2 events (ours once, then the other) and no second append", e.lastSeq(), e.store.Calls())
 	}
 }

@@ -94,6 +94,16 @@ type KeyRotatedData struct {
 	Key                KeyState  `json:"key"`
 }
 
+// keyEventData is the payload of a key event: every one carries the key
+// after the event.
+type keyEventData interface{ keyAfter() KeyState }
+
+func (d KeyCreatedData) keyAfter() KeyState            { return d.Key }
+func (d KeyUpdatedData) keyAfter() KeyState            { return d.Key }
+func (d KeyPermissionsChangedData) keyAfter() KeyState { return d.Key }
+func (d KeyRevokedData) keyAfter() KeyState            { return d.Key }
+func (d KeyRotatedData) keyAfter() KeyState            { return d.Key }
+
 // PermissionEventData is the payload of permission.defined and
 // permission.retired.
 type PermissionEventData struct {

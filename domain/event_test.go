@@ -7,6 +7,7 @@ import (
 )
 
 func TestEventCheckSubject(t *testing.T) {
+	t.Parallel()
 	key := domain.Event{ID: "e1", Type: domain.EventKeyRevoked, OrgID: "org_a", KeyID: "key_01ARZ3NDEKTSV4RRFFQ69G5FAV"}
 	cat := domain.Event{ID: "e2", Type: domain.EventPermissionDefined}
 	for _, tc := range []struct {

@@ -51,6 +51,30 @@ func ValidSlug(s string) bool {
 	return true
 }
 
+// CheckOrgID returns invalid_argument unless s is an organization id.
+func CheckOrgID(s string) error {
+	if !ValidOrgID(s) {
+		return Errorf(EInvalid, "organization id %q must match ^[A-Za-z0-9_-]{1,64}$", s)
+	}
+	return nil
+}
+
+// CheckKeyID returns invalid_argument unless s is a key id.
+func CheckKeyID(s string) error {
+	if !ValidKeyID(s) {
+		return Errorf(EInvalid, "key id %q is not a key id (key_ followed by a 26-character ULID)", s)
+	}
+	return nil
+}
+
+// CheckSlug returns invalid_argument unless s is a permission slug.
+func CheckSlug(s string) error {
+	if !ValidSlug(s) {
+		return Errorf(EInvalid, "permission slug %q must match ^[a-z0-9][a-z0-9_.:-]{0,127}$", s)
+	}
+	return nil
+}
+
 // NewULID returns a ULID string for time t with entropy from r.
 func NewULID(t time.Time, r io.Reader) (string, error) {
 	id, err := ulid.New(ulid.Timestamp(t), r)

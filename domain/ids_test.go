@@ -10,6 +10,7 @@ import (
 )
 
 func TestValidOrgID(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in   string
 		want bool
@@ -40,6 +41,7 @@ func TestValidOrgID(t *testing.T) {
 }
 
 func TestValidKeyID(t *testing.T) {
+	t.Parallel()
 	id, err := domain.NewULID(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), bytes.NewReader(make([]byte, 16)))
 	if err != nil {
 		t.Fatal(err)
@@ -73,6 +75,7 @@ func TestValidKeyID(t *testing.T) {
 }
 
 func TestValidSlug(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		in   string
 		want bool
@@ -107,6 +110,7 @@ func TestValidSlug(t *testing.T) {
 }
 
 func TestNewULID(t *testing.T) {
+	t.Parallel()
 	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	a, err := domain.NewULID(at, bytes.NewReader(bytes.Repeat([]byte{1}, 10)))
 	if err != nil {

@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -107,10 +108,11 @@ func (k KeyState) clone() KeyState {
 	return k
 }
 
-// CheckName validates a key name: 1 to 200 characters of valid UTF-8.
+// CheckName validates a key name: 1 to 200 characters of text (CheckText:
+// valid UTF-8 without control characters or bidirectional controls).
 func CheckName(name string) error {
-	if !utf8.ValidString(name) {
-		return Errorf(EInvalid, "name must be valid UTF-8")
+	if err := CheckText("name", name, false); err != nil {
+		return err
 	}
 	n := utf8.RuneCountInString(name)
 	if n < 1 || n > MaxNameLength {
@@ -120,7 +122,9 @@ func CheckName(name string) error {
 }
 
 // CheckMetadata validates metadata: at most 32 entries, keys of 1 to 64
-// bytes, and at most 4 KiB of keys and values together.
+// bytes, at most 4 KiB of keys and values together, and keys and values of
+// single-line text (CheckText: no control characters, tab and line feed
+// included, and no bidirectional controls).
 func CheckMetadata(md map[string]string) error {
 	if len(md) > MaxMetadataEntries {
 		return Errorf(EInvalid, "metadata has %d entries; at most %d are allowed", len(md), MaxMetadataEntries)
@@ -130,8 +134,11 @@ func CheckMetadata(md map[string]string) error {
 		if len(k) < 1 || len(k) > MaxMetadataKeyBytes {
 			return Errorf(EInvalid, "metadata keys must be 1 to %d bytes", MaxMetadataKeyBytes)
 		}
-		if !utf8.ValidString(k) || !utf8.ValidString(v) {
-			return Errorf(EInvalid, "metadata must be valid UTF-8")
+		if err := CheckText(fmt.Sprintf("metadata key %q", k), k, false); err != nil {
+			return err
+		}
+		if err := CheckText(fmt.Sprintf("metadata value of %q", k), v, false); err != nil {
+			return err
 		}
 		size += len(k) + len(v)
 	}
@@ -148,8 +155,8 @@ func NormalizePermissions(perms []string) ([]string, error) {
 	}
 	out := make([]string, 0, len(perms))
 	for _, p := range perms {
-		if !ValidSlug(p) {
-			return nil, Errorf(EInvalid, "permission %q is not a valid slug (^[a-z0-9][a-z0-9_.:-]{0,127}$)", p)
+		if err := CheckSlug(p); err != nil {
+			return nil, err
 		}
 		out = append(out, p)
 	}
@@ -166,4 +173,117 @@ func (k KeyState) checkMutable(now time.Time, what string) error {
 		return Errorf(EPrecondition, "key %s has expired; an expired key cannot be %s", k.ID, what)
 	}
 	return nil
+}
+
+// Credential is what a new key is known by: its id and its secret's mask
+// and keyed digest (hex). The secret itself is never part of a key's state.
+type Credential struct {
+	KeyID  string
+	Mask   string
+	Digest string
+}
+
+// newKey returns the state of a key created at now: active, at version 1,
+// owned by its organization, with empty (never nil) permissions and
+// metadata.
+func newKey(org string, c Credential, name string, perms []string, md map[string]string, expires *time.Time, now time.Time) KeyState {
+	if perms == nil {
+		perms = []string{}
+	}
+	if md == nil {
+		md = map[string]string{}
+	}
+	return KeyState{
+		ID: c.KeyID, OrgID: org, Name: name, Owner: Owner{Type: "organization", ID: org},
+		Mask: c.Mask, Digest: c.Digest, Permissions: perms,
+		Status: StatusActive, CreatedAt: now, ExpiresAt: expires, Metadata: md, Version: 1,
+	}
+}
+
+// The rules of the key. Each decides one command against the key's current
+// state, at now, and returns the payload of the event to append (which
+// carries the key after it) or changed=false when the command changes
+// nothing. They read no clock and no store: arguments arrive checked for
+// shape (by the command's use case), and what depends on the key's state is
+// decided here.
+
+// Revoke decides revoking the key with reason. changed is false when the key
+// is already revoked (an expired key can still be revoked).
+func (k KeyState) Revoke(reason string, now time.Time) (d KeyRevokedData, changed bool) {
+	if k.Status == StatusRevoked {
+		return KeyRevokedData{}, false
+	}
+	n := k.clone()
+	n.Status, n.RevokedAt, n.RevokeReason, n.Version = StatusRevoked, &now, reason, k.Version+1
+	return KeyRevokedData{Reason: reason, Key: n}, true
+}
+
+// SetPermissions decides replacing the key's permissions by perms, which
+// must be normalized (NormalizePermissions). changed is false when the key
+// already holds exactly perms. With expected, it applies only to that
+// version of the key.
+// Errors: invalid_argument for a permission c does not define or has
+// retired, conflict for another version than expected, failed_precondition
+// for a revoked or expired key.
+func (k KeyState) SetPermissions(perms []string, c Catalog, expected *int64, now time.Time) (d KeyPermissionsChangedData, changed bool, err error) {
+	if err := c.CheckGrantable(perms); err != nil {
+		return KeyPermissionsChangedData{}, false, err
+	}
+	if expected != nil && *expected != k.Version {
+		return KeyPermissionsChangedData{}, false, Errorf(EConflict, "key %s is at version %d, not the expected version %d", k.ID, k.Version, *expected)
+	}
+	if err := k.checkMutable(now, "changed"); err != nil {
+		return KeyPermissionsChangedData{}, false, err
+	}
+	if slices.Equal(k.Permissions, perms) {
+		return KeyPermissionsChangedData{}, false, nil
+	}
+	n := k.clone()
+	n.Permissions, n.Version = perms, k.Version+1
+	return KeyPermissionsChangedData{Permissions: perms, Previous: k.Permissions, Key: n}, true, nil
+}
+
+// Update decides renaming the key (name, if not nil) and replacing its
+// metadata (md, if not nil). The payload names only what differs; changed
+// is false when nothing does.
+// Errors: failed_precondition for a revoked or expired key.
+func (k KeyState) Update(name *string, md map[string]string, now time.Time) (d KeyUpdatedData, changed bool, err error) {
+	if err := k.checkMutable(now, "updated"); err != nil {
+		return KeyUpdatedData{}, false, err
+	}
+	n := k.clone()
+	if name != nil && *name != k.Name {
+		n.Name, d.Name = *name, name
+	}
+	if md != nil && !maps.Equal(md, k.Metadata) {
+		n.Metadata, d.Metadata = md, md
+	}
+	if d.Name == nil && d.Metadata == nil {
+		return KeyUpdatedData{}, false, nil
+	}
+	n.Version = k.Version + 1
+	d.Key = n
+	return d, true, nil
+}
+
+// Rotate decides replacing the key by a new one, known by next, with the
+// same name, permissions and metadata: created is the new key's payload,
+// rotated the old key's, which now expires after grace (whole seconds; 0:
+// now) but never later than it already did. Both events are appended
+// together.
+// Errors: failed_precondition for a revoked or expired key.
+func (k KeyState) Rotate(next Credential, grace time.Duration, now time.Time) (created KeyCreatedData, rotated KeyRotatedData, err error) {
+	if err := k.checkMutable(now, "rotated"); err != nil {
+		return KeyCreatedData{}, KeyRotatedData{}, err
+	}
+	nk := newKey(k.OrgID, next, k.Name, slices.Clone(k.Permissions), maps.Clone(k.Metadata), nil, now)
+	nk.RotatedFrom = k.ID
+	o := k.clone()
+	exp := now.Add(grace)
+	if k.ExpiresAt != nil && k.ExpiresAt.Before(exp) {
+		exp = *k.ExpiresAt
+	}
+	o.ExpiresAt, o.RotatedTo, o.Version = &exp, next.KeyID, k.Version+1
+	return KeyCreatedData{Key: nk, RotatedFrom: k.ID},
+		KeyRotatedData{NewKeyID: next.KeyID, GracePeriodSeconds: int64(grace / time.Second), ExpiresAt: exp, Key: o}, nil
 }

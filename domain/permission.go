@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"unicode/utf8"
@@ -40,12 +41,6 @@ func NewCatalog(list []Permission) Catalog {
 	return c
 }
 
-// Get returns the permission with the slug.
-func (c Catalog) Get(slug string) (Permission, bool) {
-	p, ok := c.bySlug[slug]
-	return p, ok
-}
-
 // List returns every permission sorted by slug.
 func (c Catalog) List() []Permission {
 	out := make([]Permission, 0, len(c.bySlug))
@@ -55,9 +50,6 @@ func (c Catalog) List() []Permission {
 	slices.SortFunc(out, func(a, b Permission) int { return strings.Compare(a.Slug, b.Slug) })
 	return out
 }
-
-// Len returns the number of permissions, retired ones included.
-func (c Catalog) Len() int { return len(c.bySlug) }
 
 // CheckGrantable returns invalid_argument unless every slug is defined and
 // active.
@@ -76,15 +68,20 @@ func (c Catalog) CheckGrantable(slugs []string) error {
 
 // Define decides the effect of defining slug with description. changed is
 // false when the permission already exists with that description.
-// Errors: invalid_argument for a bad slug or description, failed_precondition
+// Errors: invalid_argument for a bad slug or description (over 500
+// characters, or not text by CheckText, which lets tab and line feed
+// through), failed_precondition
 // for a retired slug (retired slugs are never reused, so keys that held one
 // cannot silently regain it), failed_precondition when the catalog is full.
 func (c Catalog) Define(slug, description string) (p Permission, next Catalog, changed bool, err error) {
-	if !ValidSlug(slug) {
-		return Permission{}, c, false, Errorf(EInvalid, "permission slug %q must match ^[a-z0-9][a-z0-9_.:-]{0,127}$", slug)
+	if err := CheckSlug(slug); err != nil {
+		return Permission{}, c, false, err
 	}
 	if !utf8.ValidString(description) || utf8.RuneCountInString(description) > MaxDescriptionLength {
 		return Permission{}, c, false, Errorf(EInvalid, "description must be valid UTF-8 of at most %d characters", MaxDescriptionLength)
+	}
+	if err := CheckText("description", description, true); err != nil {
+		return Permission{}, c, false, err
 	}
 	old, ok := c.bySlug[slug]
 	if ok && old.Status == PermissionRetired {
@@ -104,8 +101,8 @@ func (c Catalog) Define(slug, description string) (p Permission, next Catalog, c
 // already retired. Errors: invalid_argument for a bad slug, not_found for an
 // unknown one.
 func (c Catalog) Retire(slug string) (p Permission, next Catalog, changed bool, err error) {
-	if !ValidSlug(slug) {
-		return Permission{}, c, false, Errorf(EInvalid, "permission slug %q must match ^[a-z0-9][a-z0-9_.:-]{0,127}$", slug)
+	if err := CheckSlug(slug); err != nil {
+		return Permission{}, c, false, err
 	}
 	old, ok := c.bySlug[slug]
 	if !ok {
@@ -118,10 +115,12 @@ func (c Catalog) Retire(slug string) (p Permission, next Catalog, changed bool, 
 	return p, c.with(p), true, nil
 }
 
+// with returns a copy of c holding p (c itself never changes: catalogs are
+// shared, see Service.Catalog).
 func (c Catalog) with(p Permission) Catalog {
-	n := Catalog{bySlug: make(map[string]Permission, len(c.bySlug)+1)}
-	for k, v := range c.bySlug {
-		n.bySlug[k] = v
+	n := Catalog{bySlug: maps.Clone(c.bySlug)}
+	if n.bySlug == nil {
+		n.bySlug = make(map[string]Permission, 1)
 	}
 	n.bySlug[p.Slug] = p
 	return n

@@ -2,6 +2,7 @@ package domain_test
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -19,6 +20,7 @@ func retired(slug, desc string) domain.Permission {
 }
 
 func TestCatalogDefine(t *testing.T) {
+	t.Parallel()
 	base := catalogOf(active("posts:read", "Read posts"), retired("old", "Old"))
 	full := make([]domain.Permission, domain.MaxPermissions)
 	for i := range full {
@@ -76,7 +78,7 @@ func TestCatalogDefine(t *testing.T) {
 			if got, ok := next.Get(tt.slug); !ok || got != want {
 				t.Errorf("next catalog has %+v (%v), want %+v", got, ok, want)
 			}
-			if fmt.Sprint(tt.c.List()) != fmt.Sprint(before) {
+			if !reflect.DeepEqual(tt.c.List(), before) {
 				t.Errorf("Define changed the catalog it was called on")
 			}
 		})
@@ -84,6 +86,7 @@ func TestCatalogDefine(t *testing.T) {
 }
 
 func TestCatalogRetire(t *testing.T) {
+	t.Parallel()
 	base := catalogOf(active("posts:read", "Read posts"), retired("old", "Old"))
 	tests := []struct {
 		name        string
@@ -135,6 +138,7 @@ func TestCatalogRetire(t *testing.T) {
 }
 
 func TestCatalogCheckGrantable(t *testing.T) {
+	t.Parallel()
 	c := catalogOf(active("a", ""), active("b:c", ""), retired("old", ""))
 	tests := []struct {
 		name  string
@@ -165,6 +169,7 @@ func TestCatalogCheckGrantable(t *testing.T) {
 }
 
 func TestCatalogList(t *testing.T) {
+	t.Parallel()
 	c := catalogOf(active("c", ""), retired("a", ""), active("b", ""))
 	var got []string
 	for _, p := range c.List() {

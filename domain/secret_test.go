@@ -74,6 +74,7 @@ func seqBytes(start byte) []byte {
 }
 
 func TestNewSecretShape(t *testing.T) {
+	t.Parallel()
 	ones := bytes.Repeat([]byte{0xff}, 32)
 	tests := []struct {
 		name   string
@@ -121,6 +122,7 @@ func TestNewSecretShape(t *testing.T) {
 func slices32(b []byte) []byte { return append([]byte(nil), b...) }
 
 func TestNewSecretDeterministicAndDistinct(t *testing.T) {
+	t.Parallel()
 	a1, _ := domain.NewSecret("sk", bytes.NewReader(seqBytes(1)))
 	a2, _ := domain.NewSecret("sk", bytes.NewReader(seqBytes(1)))
 	b, _ := domain.NewSecret("sk", bytes.NewReader(seqBytes(2)))
@@ -158,6 +160,7 @@ func TestNewSecretDeterministicAndDistinct(t *testing.T) {
 }
 
 func TestNewSecretErrors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name     string
 		prefix   string
@@ -196,6 +199,7 @@ func mustSecret(t testing.TB, prefix string, raw []byte) string {
 var testPrefixes = []string{"sk", "k", "my_app", "sk_live", "A1_b2_", "_x", strings.Repeat("Z", 32)}
 
 func TestValidSecretAcceptsGenerated(t *testing.T) {
+	t.Parallel()
 	for _, prefix := range testPrefixes {
 		for i := range 20 {
 			raw := make([]byte, 32)
@@ -211,6 +215,7 @@ func TestValidSecretAcceptsGenerated(t *testing.T) {
 }
 
 func TestValidSecretRejectsEverySingleCharacterChange(t *testing.T) {
+	t.Parallel()
 	alphabet := base62 + "_-.+/ \x00\xff"
 	for _, prefix := range testPrefixes {
 		s := mustSecret(t, prefix, seqBytes(byte(len(prefix))))
@@ -244,6 +249,7 @@ func TestValidSecretRejectsEverySingleCharacterChange(t *testing.T) {
 }
 
 func TestValidSecretRejectsTruncationAndExtension(t *testing.T) {
+	t.Parallel()
 	for _, prefix := range testPrefixes {
 		s := mustSecret(t, prefix, seqBytes(5))
 		for n := 0; n < len(s); n++ {
@@ -266,6 +272,7 @@ func TestValidSecretRejectsTruncationAndExtension(t *testing.T) {
 }
 
 func TestValidSecretTable(t *testing.T) {
+	t.Parallel()
 	good := mustSecret(t, "sk", seqBytes(9))
 	body := good[3 : 3+43]
 	sum := good[len(good)-6:]
@@ -313,6 +320,7 @@ func TestValidSecretTable(t *testing.T) {
 }
 
 func TestValidSecretLengthBounds(t *testing.T) {
+	t.Parallel()
 	body := base62Body(seqBytes(4))
 	for n := 1; n <= 40; n++ {
 		s := withChecksum(strings.Repeat("a", n) + "_" + body)
@@ -330,6 +338,7 @@ func TestValidSecretLengthBounds(t *testing.T) {
 }
 
 func TestMask(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		prefix string
 	}{{"sk"}, {"k"}, {"my_app"}, {strings.Repeat("Q", 32)}}
@@ -367,6 +376,7 @@ func refDigest(deploymentSecret []byte, s string) [32]byte {
 }
 
 func TestDeriveKey(t *testing.T) {
+	t.Parallel()
 	secret := []byte("deployment secret")
 	m := hmac.New(sha256.New, secret)
 	m.Write([]byte("keyd key digest v1"))
@@ -379,6 +389,7 @@ func TestDeriveKey(t *testing.T) {
 }
 
 func TestDigesterMatchesHMAC(t *testing.T) {
+	t.Parallel()
 	secrets := [][]byte{[]byte("s3cret"), {}, bytes.Repeat([]byte{0x42}, 200)}
 	inputs := []string{
 		"", "a", mustSecret(t, "sk", seqBytes(1)), mustSecret(t, strings.Repeat("x", 32), seqBytes(2)),
@@ -398,6 +409,7 @@ func TestDigesterMatchesHMAC(t *testing.T) {
 }
 
 func TestDigesterDependsOnDeploymentSecretAndInput(t *testing.T) {
+	t.Parallel()
 	s := mustSecret(t, "sk", seqBytes(3))
 	a := domain.NewDigester([]byte("one")).Digest(s)
 	b := domain.NewDigester([]byte("two")).Digest(s)
@@ -418,6 +430,7 @@ func TestDigesterDependsOnDeploymentSecretAndInput(t *testing.T) {
 }
 
 func TestDigesterConcurrent(t *testing.T) {
+	t.Parallel()
 	d := domain.NewDigester([]byte("shared"))
 	s := mustSecret(t, "sk", seqBytes(8))
 	want := refDigest([]byte("shared"), s)
@@ -438,6 +451,8 @@ func TestDigesterConcurrent(t *testing.T) {
 	}
 }
 
+// TestNoAllocations is not parallel: AllocsPerRun counts every allocation of
+// the process, so it runs while no other test does.
 func TestNoAllocations(t *testing.T) {
 	s := mustSecret(t, "sk", seqBytes(6))
 	bad := s[:len(s)-1] + "x"

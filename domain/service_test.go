@@ -7,7 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
+	"maps"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/eventstore"
+	"github.com/keyd-dev/keyd/internal/testenv"
 )
 
 // ---- test doubles ----------------------------------------------------------
@@ -39,24 +41,6 @@ func (c *testClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// lockedRand is a deterministic random source safe for concurrent use.
-type lockedRand struct {
-	mu sync.Mutex
-	r  *mrand.ChaCha8
-}
-
-func newLockedRand(seed byte) *lockedRand {
-	var s [32]byte
-	s[0] = seed
-	return &lockedRand{r: mrand.NewChaCha8(s)}
-}
-
-func (l *lockedRand) Read(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.r.Read(p)
-}
-
 // recStore wraps the memory store: it counts Append calls, keeps every
 // stored message by sequence (to scan all of them), and can run a hook before
 // an append or pretend a landed append's reply was lost.
@@ -77,7 +61,7 @@ type recStore struct {
 	unknownOutcome func(n int) bool
 }
 
-func (s *recStore) Append(ctx context.Context, msgs ...domain.Append) (uint64, error) {
+func (s *recStore) Append(ctx context.Context, msgs ...domain.AppendMsg) (uint64, error) {
 	s.mu.Lock()
 	s.calls++
 	n, before, lost, unknown := s.calls, s.before, s.lostReply, s.unknownOutcome
@@ -141,12 +125,20 @@ func newEnv(t *testing.T) *env {
 	store := &recStore{inner: mem, stored: map[uint64][]byte{}}
 	idem := eventstore.NewMemoryIdempotency()
 	dig := domain.NewDigester(deploymentSecret)
-	rnd := newLockedRand(1)
+	rnd := testenv.LockedRand(1)
 	return &env{
 		t: t, ctx: t.Context(), clk: clk, mem: mem, idem: idem, store: store,
 		svc:   &domain.Service{Store: store, Idempotency: idem, Digester: dig, Now: clk.Now, Rand: rnd},
-		other: &domain.Service{Store: mem, Idempotency: idem, Digester: dig, Now: clk.Now, Rand: newLockedRand(2)},
+		other: &domain.Service{Store: mem, Idempotency: idem, Digester: dig, Now: clk.Now, Rand: testenv.LockedRand(2)},
 	}
+}
+
+// on returns e for subtest t: the same service, store and clock, with t's
+// failures reported on t.
+func (e *env) on(t *testing.T) *env {
+	c := *e
+	c.t, c.ctx = t, t.Context()
+	return &c
 }
 
 func (e *env) lastSeq() uint64 {
@@ -229,6 +221,7 @@ func digestHex(secret string) string {
 // ---- create ----------------------------------------------------------------
 
 func TestCreateKeyValidation(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("posts:read", "old")
 	if _, err := e.svc.RetirePermission(e.ctx, domain.RetirePermission{Slug: "old"}); err != nil {
@@ -259,7 +252,7 @@ func TestCreateKeyValidation(t *testing.T) {
 		{"undefined permission", "org_1", domain.CreateKey{Name: "n", Permissions: []string{"posts:read", "posts:delete"}}, domain.EInvalid, []string{`"posts:delete"`, "not defined"}},
 		{"retired permission", "org_1", domain.CreateKey{Name: "n", Permissions: []string{"old"}}, domain.EInvalid, []string{`"old"`, "retired"}},
 		{"malformed permission", "org_1", domain.CreateKey{Name: "n", Permissions: []string{"Posts"}}, domain.EInvalid, []string{`"Posts"`}},
-		{"bad actor", "org_1", domain.CreateKey{Name: "n", Actor: &domain.Actor{Type: "root", ID: "x"}}, domain.EInvalid, []string{"actor.type"}},
+		{"bad actor", "org_1", domain.CreateKey{Name: "n", Meta: domain.Meta{Actor: &domain.Actor{Type: "root", ID: "x"}}}, domain.EInvalid, []string{"actor.type"}},
 		{"long idempotency key", "org_1", domain.CreateKey{Name: "n", IdempotencyKey: strings.Repeat("i", 201)}, domain.EInvalid, []string{"idempotency_key"}},
 	}
 	for _, tt := range tests {
@@ -284,13 +277,14 @@ func TestCreateKeyValidation(t *testing.T) {
 }
 
 func TestCreateKeyReply(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("posts:read", "posts:write")
 	exp := t0.Add(48 * time.Hour)
 	res, err := e.svc.CreateKey(e.ctx, "org_123", domain.CreateKey{
 		Name: "CI deploy", Permissions: []string{"posts:write", "posts:read", "posts:read"},
 		ExpiresAt: ptr(exp.In(time.FixedZone("CET", 3600))), Metadata: map[string]string{"team": "ops"},
-		Actor: &domain.Actor{Type: "user", ID: "u_1"},
+		Meta: domain.Meta{Actor: &domain.Actor{Type: "user", ID: "u_1"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -309,18 +303,18 @@ func TestCreateKeyReply(t *testing.T) {
 		{"owner", k.Owner, domain.Owner{Type: "organization", ID: "org_123"}},
 		{"mask", k.Mask, domain.Mask(res.Secret)},
 		{"mask shape", k.Mask, "sk_…" + res.Secret[len(res.Secret)-4:]},
-		{"permissions", strings.Join(k.Permissions, ","), "posts:read,posts:write"},
+		{"permissions", k.Permissions, []string{"posts:read", "posts:write"}},
 		{"status", k.Status, domain.StatusActive},
 		{"created_at", k.CreatedAt, t0},
 		{"expires_at", *k.ExpiresAt, exp},
 		{"revoked_at", k.RevokedAt, (*time.Time)(nil)},
 		{"last_used_at", k.LastUsedAt, (*time.Time)(nil)},
-		{"metadata", fmt.Sprint(k.Metadata), "map[team:ops]"},
+		{"metadata", k.Metadata, map[string]string{"team": "ops"}},
 		{"version", k.Version, int64(1)},
 		{"sequence", res.Sequence, e.lastSeq()},
 	}
 	for _, c := range checks {
-		if c.got != c.want {
+		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s = %v, want %v", c.field, c.got, c.want)
 		}
 	}
@@ -373,12 +367,13 @@ func TestCreateKeyReply(t *testing.T) {
 	if st.Digest != digestHex(res.Secret) {
 		t.Errorf("stored digest %s, want the HMAC of the secret", st.Digest)
 	}
-	if got := st.View(t0, nil); fmt.Sprint(got) != fmt.Sprint(k) {
+	if got := st.View(t0, nil); !reflect.DeepEqual(got, k) {
 		t.Errorf("stored state views as %+v, reply was %+v", got, k)
 	}
 }
 
 func TestCreateKeyPrefix(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.svc.Prefix = "my_app"
 	res := e.create("o", domain.CreateKey{})
@@ -394,6 +389,7 @@ func TestCreateKeyPrefix(t *testing.T) {
 }
 
 func TestSecretNeverStored(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a", "b")
 	var secrets []string
@@ -433,86 +429,101 @@ func TestSecretNeverStored(t *testing.T) {
 	}
 }
 
+// TestIdempotencyKey runs its steps in order on one service: each builds on
+// the keys and the clock the steps before it left.
 func TestIdempotencyKey(t *testing.T) {
-	e := newEnv(t)
-	first := e.create("org", domain.CreateKey{Name: "first", IdempotencyKey: "req-1"})
-	if first.Secret == "" {
-		t.Fatal("first create has no secret")
-	}
-	calls, seq := e.store.Calls(), e.lastSeq()
-
-	e.clk.Advance(time.Hour)
-	again := e.create("org", domain.CreateKey{Name: "second", IdempotencyKey: "req-1"})
-	if again.Key.ID != first.Key.ID || again.Secret != "" || again.Key.Name != "first" || again.Sequence != first.Sequence {
-		t.Errorf("repeat create = %+v (secret %q), want key %s without a secret at sequence %d", again.Key, again.Secret, first.Key.ID, first.Sequence)
-	}
-	if b, _ := json.Marshal(again); strings.Contains(string(b), `"secret"`) {
-		t.Errorf("repeat reply %s carries a secret field", b)
-	}
-	if e.store.Calls() != calls || e.lastSeq() != seq {
-		t.Errorf("repeat create appended (calls %d → %d, sequence %d → %d)", calls, e.store.Calls(), seq, e.lastSeq())
-	}
-
-	// Scoped to the organization; another key is another create.
-	other := e.create("org2", domain.CreateKey{IdempotencyKey: "req-1"})
-	if other.Key.ID == first.Key.ID || other.Secret == "" {
-		t.Errorf("same idempotency key in another org did not create a key")
-	}
-	diff := e.create("org", domain.CreateKey{IdempotencyKey: "req-2"})
-	if diff.Key.ID == first.Key.ID || diff.Secret == "" {
-		t.Errorf("another idempotency key did not create a key")
-	}
-	none1, none2 := e.create("org", domain.CreateKey{}), e.create("org", domain.CreateKey{})
-	if none1.Key.ID == none2.Key.ID {
-		t.Errorf("creates without idempotency key gave the same key")
-	}
-
-	// A failed create does not use up the idempotency key.
-	if _, err := e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "x", Permissions: []string{"nope"}, IdempotencyKey: "req-3"}); err == nil {
-		t.Fatal("create with an undefined permission succeeded")
-	}
-	if r := e.create("org", domain.CreateKey{IdempotencyKey: "req-3"}); r.Secret == "" {
-		t.Errorf("idempotency key of a failed create was used up")
-	}
-
-	// After the window, a new key.
-	e.clk.Advance(24 * time.Hour)
-	later := e.create("org", domain.CreateKey{Name: "later", IdempotencyKey: "req-1"})
-	if later.Key.ID == first.Key.ID || later.Secret == "" || later.Key.Name != "later" {
-		t.Errorf("create after 25h = %+v, want a new key with a secret", later.Key)
-	}
-
-	// A reservation whose create never landed (the creator crashed) blocks
-	// for a while, then is taken over.
-	ghost := "key_01J0000000000000000000000Z"
-	if _, ok, err := e.idem.Reserve(e.ctx, "org", "crashed", ghost, e.clk.Now()); err != nil || !ok {
-		t.Fatalf("reserve: %v %v", ok, err)
-	}
-	e.clk.Advance(time.Second)
-	_, err := e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "n", IdempotencyKey: "crashed"})
-	wantErr(t, err, domain.EConflict, "in progress")
-	e.clk.Advance(30 * time.Second)
-	taken := e.create("org", domain.CreateKey{IdempotencyKey: "crashed"})
-	if taken.Key.ID == ghost || taken.Secret == "" {
-		t.Errorf("stale reservation was not taken over: %+v", taken.Key)
-	}
-	if again := e.create("org", domain.CreateKey{IdempotencyKey: "crashed"}); again.Key.ID != taken.Key.ID || again.Secret != "" {
-		t.Errorf("repeat after take-over = %s, want %s without secret", again.Key.ID, taken.Key.ID)
-	}
-
-	// Without an idempotency store, idempotency keys are unavailable.
-	e.svc.Idempotency = nil
-	_, err = e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "n", IdempotencyKey: "req-9"})
-	wantErr(t, err, domain.EUnavailable, "idempotency")
+	t.Parallel()
+	env := newEnv(t)
+	var first domain.CreateKeyResult
+	t.Run("first create has a secret", func(t *testing.T) {
+		e := env.on(t)
+		first = e.create("org", domain.CreateKey{Name: "first", IdempotencyKey: "req-1"})
+		if first.Secret == "" {
+			t.Fatal("first create has no secret")
+		}
+	})
+	t.Run("repeat returns the first key without a secret and appends nothing", func(t *testing.T) {
+		e := env.on(t)
+		calls, seq := e.store.Calls(), e.lastSeq()
+		e.clk.Advance(time.Hour)
+		again := e.create("org", domain.CreateKey{Name: "second", IdempotencyKey: "req-1"})
+		if again.Key.ID != first.Key.ID || again.Secret != "" || again.Key.Name != "first" || again.Sequence != first.Sequence {
+			t.Errorf("repeat create = %+v (secret %q), want key %s without a secret at sequence %d", again.Key, again.Secret, first.Key.ID, first.Sequence)
+		}
+		if b, _ := json.Marshal(again); strings.Contains(string(b), `"secret"`) {
+			t.Errorf("repeat reply %s carries a secret field", b)
+		}
+		if e.store.Calls() != calls || e.lastSeq() != seq {
+			t.Errorf("repeat create appended (calls %d → %d, sequence %d → %d)", calls, e.store.Calls(), seq, e.lastSeq())
+		}
+	})
+	t.Run("scoped to the organization; another key is another create", func(t *testing.T) {
+		e := env.on(t)
+		other := e.create("org2", domain.CreateKey{IdempotencyKey: "req-1"})
+		if other.Key.ID == first.Key.ID || other.Secret == "" {
+			t.Errorf("same idempotency key in another org did not create a key")
+		}
+		diff := e.create("org", domain.CreateKey{IdempotencyKey: "req-2"})
+		if diff.Key.ID == first.Key.ID || diff.Secret == "" {
+			t.Errorf("another idempotency key did not create a key")
+		}
+		none1, none2 := e.create("org", domain.CreateKey{}), e.create("org", domain.CreateKey{})
+		if none1.Key.ID == none2.Key.ID {
+			t.Errorf("creates without idempotency key gave the same key")
+		}
+	})
+	t.Run("a failed create does not use up the idempotency key", func(t *testing.T) {
+		e := env.on(t)
+		if _, err := e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "x", Permissions: []string{"nope"}, IdempotencyKey: "req-3"}); err == nil {
+			t.Fatal("create with an undefined permission succeeded")
+		}
+		if r := e.create("org", domain.CreateKey{IdempotencyKey: "req-3"}); r.Secret == "" {
+			t.Errorf("idempotency key of a failed create was used up")
+		}
+	})
+	t.Run("after the window, a new key", func(t *testing.T) {
+		e := env.on(t)
+		e.clk.Advance(24 * time.Hour)
+		later := e.create("org", domain.CreateKey{Name: "later", IdempotencyKey: "req-1"})
+		if later.Key.ID == first.Key.ID || later.Secret == "" || later.Key.Name != "later" {
+			t.Errorf("create after 25h = %+v, want a new key with a secret", later.Key)
+		}
+	})
+	t.Run("a stale reservation blocks for a while, then is taken over", func(t *testing.T) {
+		// The reservation's create never landed (the creator crashed).
+		e := env.on(t)
+		ghost := "key_01J0000000000000000000000Z"
+		if _, ok, err := e.idem.Reserve(e.ctx, "org", "crashed", ghost, e.clk.Now()); err != nil || !ok {
+			t.Fatalf("reserve: %v %v", ok, err)
+		}
+		e.clk.Advance(time.Second)
+		_, err := e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "n", IdempotencyKey: "crashed"})
+		wantErr(t, err, domain.EConflict, "in progress")
+		e.clk.Advance(30 * time.Second)
+		taken := e.create("org", domain.CreateKey{IdempotencyKey: "crashed"})
+		if taken.Key.ID == ghost || taken.Secret == "" {
+			t.Errorf("stale reservation was not taken over: %+v", taken.Key)
+		}
+		if again := e.create("org", domain.CreateKey{IdempotencyKey: "crashed"}); again.Key.ID != taken.Key.ID || again.Secret != "" {
+			t.Errorf("repeat after take-over = %s, want %s without secret", again.Key.ID, taken.Key.ID)
+		}
+	})
+	t.Run("without an idempotency store, idempotency keys are unavailable", func(t *testing.T) {
+		e := env.on(t)
+		e.svc.Idempotency = nil
+		_, err := e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "n", IdempotencyKey: "req-9"})
+		wantErr(t, err, domain.EUnavailable, "idempotency")
+	})
 }
 
 // ---- revoke ----------------------------------------------------------------
 
 func TestRevokeKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := e.create("org", domain.CreateKey{}).Key
 	e.clk.Advance(time.Minute)
-	res, err := e.svc.RevokeKey(e.ctx, "org", domain.RevokeKey{KeyID: k.ID, Reason: "leaked", Actor: &domain.Actor{Type: "service", ID: "ci"}})
+	res, err := e.svc.RevokeKey(e.ctx, "org", domain.RevokeKey{KeyID: k.ID, Reason: "leaked", Meta: domain.Meta{Actor: &domain.Actor{Type: "service", ID: "ci"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -554,6 +565,7 @@ func TestRevokeKey(t *testing.T) {
 // ---- set_permissions -------------------------------------------------------
 
 func TestSetPermissions(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a", "b", "c")
 	k := e.create("org", domain.CreateKey{Permissions: []string{"a"}}).Key
@@ -568,7 +580,7 @@ func TestSetPermissions(t *testing.T) {
 	ev, _ := e.lastEvent("org", k.ID)
 	var d domain.KeyPermissionsChangedData
 	_ = json.Unmarshal(ev.Data, &d)
-	if ev.Type != domain.EventKeyPermissionsChanged || fmt.Sprint(d.Previous) != "[a]" || fmt.Sprint(d.Permissions) != "[a c]" {
+	if ev.Type != domain.EventKeyPermissionsChanged || !slices.Equal(d.Previous, []string{"a"}) || !slices.Equal(d.Permissions, []string{"a", "c"}) {
 		t.Errorf("event %s %s", ev.Type, ev.Data)
 	}
 
@@ -628,6 +640,7 @@ func TestSetPermissions(t *testing.T) {
 // A concurrent write between load and append: with expected_version the
 // command is conflict after one append attempt; without, it is retried.
 func TestSetPermissionsConcurrentWrite(t *testing.T) {
+	t.Parallel()
 	for _, withVersion := range []bool{true, false} {
 		t.Run(fmt.Sprint("expected_version=", withVersion), func(t *testing.T) {
 			e := newEnv(t)
@@ -652,7 +665,7 @@ func TestSetPermissionsConcurrentWrite(t *testing.T) {
 				if got := e.store.Calls() - start; got != 1 {
 					t.Errorf("%d append attempts, want 1 (not retried)", got)
 				}
-				if final.Version != 2 || fmt.Sprint(final.Permissions) != "[a]" {
+				if final.Version != 2 || !slices.Equal(final.Permissions, []string{"a"}) {
 					t.Errorf("key = v%d %v, want v2 [a]", final.Version, final.Permissions)
 				}
 				return
@@ -663,7 +676,7 @@ func TestSetPermissionsConcurrentWrite(t *testing.T) {
 			if got := e.store.Calls() - start; got != 2 {
 				t.Errorf("%d append attempts, want 2 (one retry)", got)
 			}
-			if res.Key.Version != 3 || final.Version != 3 || final.Name != "raced" || fmt.Sprint(final.Permissions) != "[b]" {
+			if res.Key.Version != 3 || final.Version != 3 || final.Name != "raced" || !slices.Equal(final.Permissions, []string{"b"}) {
 				t.Errorf("key = %+v, want v3 named raced with [b]", final)
 			}
 		})
@@ -673,6 +686,7 @@ func TestSetPermissionsConcurrentWrite(t *testing.T) {
 // ---- update ----------------------------------------------------------------
 
 func TestUpdateKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := e.create("org", domain.CreateKey{Name: "old", Metadata: map[string]string{"a": "1"}}).Key
 
@@ -680,15 +694,15 @@ func TestUpdateKey(t *testing.T) {
 		name        string
 		cmd         domain.UpdateKey
 		wantName    string
-		wantMeta    string
+		wantMeta    map[string]string
 		wantVersion int64
 		appends     bool
 	}{
-		{"rename", domain.UpdateKey{Name: ptr("new")}, "new", "map[a:1]", 2, true},
-		{"replace metadata", domain.UpdateKey{Metadata: map[string]string{"b": "2"}}, "new", "map[b:2]", 3, true},
-		{"both", domain.UpdateKey{Name: ptr("both"), Metadata: map[string]string{"c": "3"}}, "both", "map[c:3]", 4, true},
-		{"same values", domain.UpdateKey{Name: ptr("both"), Metadata: map[string]string{"c": "3"}}, "both", "map[c:3]", 4, false},
-		{"clear metadata", domain.UpdateKey{Metadata: map[string]string{}}, "both", "map[]", 5, true},
+		{"rename", domain.UpdateKey{Name: ptr("new")}, "new", map[string]string{"a": "1"}, 2, true},
+		{"replace metadata", domain.UpdateKey{Metadata: map[string]string{"b": "2"}}, "new", map[string]string{"b": "2"}, 3, true},
+		{"both", domain.UpdateKey{Name: ptr("both"), Metadata: map[string]string{"c": "3"}}, "both", map[string]string{"c": "3"}, 4, true},
+		{"same values", domain.UpdateKey{Name: ptr("both"), Metadata: map[string]string{"c": "3"}}, "both", map[string]string{"c": "3"}, 4, false},
+		{"clear metadata", domain.UpdateKey{Metadata: map[string]string{}}, "both", map[string]string{}, 5, true},
 	}
 	for _, s := range steps {
 		s.cmd.KeyID = k.ID
@@ -697,8 +711,8 @@ func TestUpdateKey(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
-		if res.Key.Name != s.wantName || fmt.Sprint(res.Key.Metadata) != s.wantMeta || res.Key.Version != s.wantVersion {
-			t.Errorf("%s: key = %q %v v%d, want %q %s v%d", s.name, res.Key.Name, res.Key.Metadata, res.Key.Version, s.wantName, s.wantMeta, s.wantVersion)
+		if res.Key.Name != s.wantName || !maps.Equal(res.Key.Metadata, s.wantMeta) || res.Key.Version != s.wantVersion {
+			t.Errorf("%s: key = %q %v v%d, want %q %v v%d", s.name, res.Key.Name, res.Key.Metadata, res.Key.Version, s.wantName, s.wantMeta, s.wantVersion)
 		}
 		if appended := e.lastSeq() != seq; appended != s.appends {
 			t.Errorf("%s: appended = %v, want %v", s.name, appended, s.appends)
@@ -706,7 +720,7 @@ func TestUpdateKey(t *testing.T) {
 		if !s.appends && (e.store.Calls() != calls || res.Sequence != seq) {
 			t.Errorf("%s: no-op update tried to append or moved the sequence", s.name)
 		}
-		if got := e.load("org", k.ID); got.Name != s.wantName || fmt.Sprint(got.Metadata) != s.wantMeta {
+		if got := e.load("org", k.ID); got.Name != s.wantName || !maps.Equal(got.Metadata, s.wantMeta) {
 			t.Errorf("%s: stored %q %v", s.name, got.Name, got.Metadata)
 		}
 	}
@@ -748,13 +762,14 @@ func TestUpdateKey(t *testing.T) {
 // ---- rotate ----------------------------------------------------------------
 
 func TestRotateKey(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a", "b")
 	old := e.create("org", domain.CreateKey{Name: "svc", Permissions: []string{"b", "a"}, Metadata: map[string]string{"m": "v"}})
 	e.clk.Advance(time.Minute)
 	now := e.clk.Now()
 	before := e.lastSeq()
-	res, err := e.svc.RotateKey(e.ctx, "org", domain.RotateKey{KeyID: old.Key.ID, GracePeriodSeconds: ptr(int64(3600)), Actor: &domain.Actor{Type: "user", ID: "u"}})
+	res, err := e.svc.RotateKey(e.ctx, "org", domain.RotateKey{KeyID: old.Key.ID, GracePeriodSeconds: ptr(int64(3600)), Meta: domain.Meta{Actor: &domain.Actor{Type: "user", ID: "u"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -765,8 +780,8 @@ func TestRotateKey(t *testing.T) {
 	}{
 		{"new id differs", nk.ID != old.Key.ID && domain.ValidKeyID(nk.ID), true},
 		{"new name", nk.Name, "svc"},
-		{"new permissions", fmt.Sprint(nk.Permissions), "[a b]"},
-		{"new metadata", fmt.Sprint(nk.Metadata), "map[m:v]"},
+		{"new permissions", nk.Permissions, []string{"a", "b"}},
+		{"new metadata", nk.Metadata, map[string]string{"m": "v"}},
 		{"new status", nk.Status, domain.StatusActive},
 		{"new version", nk.Version, int64(1)},
 		{"new created_at", nk.CreatedAt, now},
@@ -781,7 +796,7 @@ func TestRotateKey(t *testing.T) {
 		{"sequence", res.Sequence, e.lastSeq()},
 	}
 	for _, c := range checks {
-		if c.got != c.want {
+		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s = %v, want %v", c.field, c.got, c.want)
 		}
 	}
@@ -817,6 +832,7 @@ func TestRotateKey(t *testing.T) {
 }
 
 func TestRotateKeyGrace(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	// Grace 0: the old key is expired at once.
 	k := e.create("org", domain.CreateKey{}).Key
@@ -893,6 +909,7 @@ func TestRotateKeyGrace(t *testing.T) {
 // ---- not found -------------------------------------------------------------
 
 func TestKeyOfAnotherOrgIsNotFound(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a")
 	k := e.create("org_a", domain.CreateKey{Permissions: []string{"a"}}).Key
@@ -940,6 +957,7 @@ func TestKeyOfAnotherOrgIsNotFound(t *testing.T) {
 // ---- catalog ---------------------------------------------------------------
 
 func TestCatalogCommands(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	c, seq, err := e.svc.Catalog(e.ctx)
 	if err != nil || c.Len() != 0 || seq != 0 {
@@ -986,7 +1004,7 @@ func TestCatalogCommands(t *testing.T) {
 		}
 	}
 	c, seq, _ = e.svc.Catalog(e.ctx)
-	if fmt.Sprint(c.List()) != fmt.Sprint([]domain.Permission{retired("a", "AA"), active("b", "B")}) || seq != e.lastSeq() {
+	if !reflect.DeepEqual(c.List(), []domain.Permission{retired("a", "AA"), active("b", "B")}) || seq != e.lastSeq() {
 		t.Errorf("catalog = %v at %d", c.List(), seq)
 	}
 	rec, _, _ := e.mem.Last(e.ctx, domain.CatalogSubject)
@@ -996,13 +1014,14 @@ func TestCatalogCommands(t *testing.T) {
 }
 
 func TestRetiredPermissionStaysOnKeysButCannotBeGranted(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a", "b")
 	k := e.create("org", domain.CreateKey{Permissions: []string{"a", "b"}}).Key
 	if _, err := e.svc.RetirePermission(e.ctx, domain.RetirePermission{Slug: "a"}); err != nil {
 		t.Fatal(err)
 	}
-	if got := e.load("org", k.ID); fmt.Sprint(got.Permissions) != "[a b]" || got.Version != 1 {
+	if got := e.load("org", k.ID); !slices.Equal(got.Permissions, []string{"a", "b"}) || got.Version != 1 {
 		t.Errorf("key after retire = %v v%d, want [a b] v1 (retire touches no key)", got.Permissions, got.Version)
 	}
 	_, err := e.svc.SetPermissions(e.ctx, "org", domain.SetPermissions{KeyID: k.ID, Permissions: []string{"a", "b"}})
@@ -1010,7 +1029,7 @@ func TestRetiredPermissionStaysOnKeysButCannotBeGranted(t *testing.T) {
 	_, err = e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "n", Permissions: []string{"a"}})
 	wantErr(t, err, domain.EInvalid, `"a"`, "retired")
 	res, err := e.svc.SetPermissions(e.ctx, "org", domain.SetPermissions{KeyID: k.ID, Permissions: []string{"b"}})
-	if err != nil || fmt.Sprint(res.Key.Permissions) != "[b]" {
+	if err != nil || !slices.Equal(res.Key.Permissions, []string{"b"}) {
 		t.Fatalf("dropping the retired permission: %+v, %v", res.Key, err)
 	}
 	_, err = e.svc.SetPermissions(e.ctx, "org", domain.SetPermissions{KeyID: k.ID, Permissions: []string{"a", "b"}})
@@ -1020,7 +1039,7 @@ func TestRetiredPermissionStaysOnKeysButCannotBeGranted(t *testing.T) {
 	if _, err := e.svc.RetirePermission(e.ctx, domain.RetirePermission{Slug: "b"}); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := e.svc.RotateKey(e.ctx, "org", domain.RotateKey{KeyID: k2.ID, GracePeriodSeconds: ptr(int64(0))}); err != nil || fmt.Sprint(r.Key.Permissions) != "[b]" {
+	if r, err := e.svc.RotateKey(e.ctx, "org", domain.RotateKey{KeyID: k2.ID, GracePeriodSeconds: ptr(int64(0))}); err != nil || !slices.Equal(r.Key.Permissions, []string{"b"}) {
 		t.Errorf("rotate of a key holding a retired permission = %+v, %v", r.Key, err)
 	}
 }
@@ -1028,6 +1047,7 @@ func TestRetiredPermissionStaysOnKeysButCannotBeGranted(t *testing.T) {
 // ---- concurrency -----------------------------------------------------------
 
 func TestConcurrentWriters(t *testing.T) {
+	t.Parallel()
 	for round := range 10 {
 		e := newEnv(t)
 		k := e.create("org", domain.CreateKey{}).Key
@@ -1102,6 +1122,7 @@ func TestConcurrentWriters(t *testing.T) {
 // A landed append whose reply was lost, retried by the store and answered
 // with ErrConflict: the command still succeeds, and exactly once.
 func TestLostReply(t *testing.T) {
+	t.Parallel()
 	type result struct {
 		keyID   string
 		secret  string
@@ -1168,6 +1189,7 @@ func TestLostReply(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t)
 			e.define("a", "b")
 			k := e.create("org", domain.CreateKey{Permissions: []string{"a"}}).Key
@@ -1198,6 +1220,7 @@ func TestLostReply(t *testing.T) {
 	}
 
 	t.Run("define and retire", func(t *testing.T) {
+		t.Parallel()
 		e := newEnv(t)
 		e.store.lostReply = func(int) bool { return true }
 		r, err := e.svc.DefinePermission(e.ctx, domain.DefinePermission{Slug: "a", Description: "A"})
@@ -1215,7 +1238,7 @@ func TestLostReply(t *testing.T) {
 
 type failingStore struct{ err error }
 
-func (f failingStore) Append(context.Context, ...domain.Append) (uint64, error) { return 0, f.err }
+func (f failingStore) Append(context.Context, ...domain.AppendMsg) (uint64, error) { return 0, f.err }
 func (f failingStore) Next(context.Context, string, uint64) (domain.Record, bool, error) {
 	return domain.Record{}, false, f.err
 }
@@ -1224,6 +1247,7 @@ func (f failingStore) Last(context.Context, string) (domain.Record, bool, error)
 }
 
 func TestStoreUnavailable(t *testing.T) {
+	t.Parallel()
 	for _, cause := range []error{errors.New("nats: connection closed to 10.0.0.1 secret-ish"), context.DeadlineExceeded} {
 		svc := &domain.Service{Store: failingStore{cause}, Digester: domain.NewDigester(nil), Now: time.Now, Rand: rand.Reader}
 		ctx := t.Context()

@@ -12,9 +12,10 @@ type Record struct {
 	Data     []byte // the JSON event envelope
 }
 
-// Append is one message to append. ExpectedSequence is the sequence of the
-// last message on Subject that the writer saw (0: the subject must be empty).
-type Append struct {
+// AppendMsg is one message to append. ExpectedSequence is the sequence of
+// the last message on Subject that the writer saw (0: the subject must be
+// empty).
+type AppendMsg struct {
 	Subject          string
 	ExpectedSequence uint64
 	MsgID            string // deduplication id (the event id)
@@ -32,7 +33,7 @@ type EventStore interface {
 	// does not hold is ErrConflict. An append whose outcome is unknown
 	// (a lost reply) may be retried with the same MsgIDs; it is never stored
 	// twice.
-	Append(ctx context.Context, msgs ...Append) (uint64, error)
+	Append(ctx context.Context, msgs ...AppendMsg) (uint64, error)
 	// Last returns the newest message on subject, or ok=false if there is
 	// none. It costs one lookup whatever the stream's length.
 	Last(ctx context.Context, subject string) (rec Record, ok bool, err error)
