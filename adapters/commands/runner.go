@@ -1,13 +1,16 @@
 // Package commands is the one command path of keyd: the NATS responder and
 // the HTTP management routes both hand their raw JSON payload to Runner.Run,
-// which decodes it strictly, runs it on the domain service, records metrics,
-// and, for commands that take access away (revoke, rotate, set_permissions),
-// waits until the local verifier has applied the event before replying.
+// with what the transport knows (Transport), and Run decodes it strictly
+// (Decode), runs it on the domain service, records metrics, and, for
+// commands that take access away (revoke, rotate, set_permissions), waits
+// until the local verifier has applied the event before replying. Decode,
+// MaxBytes and CommandIDHeader are the wire rules both transports share.
 package commands
 
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/keyd-dev/keyd/adapters/metrics"
@@ -38,13 +41,22 @@ func IsKeyCommand(name string) bool {
 // IsCatalogCommand reports whether name is a permission catalog command.
 func IsCatalogCommand(name string) bool { return name == Define || name == Retire }
 
-// Override carries what the transport knows better than the payload: the
-// key id or slug from an HTTP path, the actor of a widget session, a
-// client-given command id. Empty fields override nothing.
-type Override struct {
-	KeyID     string
-	Slug      string
-	Actor     *domain.Actor
+// Transport is what the transport knows about a command besides its
+// payload: the key id or slug from an HTTP path, the actor of a widget
+// session, the admin's default actor, a client-given command id. Empty
+// fields change nothing.
+type Transport struct {
+	// KeyID and Slug are the command's key id or slug from the path; a body
+	// that names another is invalid_argument.
+	KeyID string
+	Slug  string
+	// Actor, when set, is recorded whatever the body says (a widget
+	// session's user).
+	Actor *domain.Actor
+	// DefaultActor is recorded when neither Actor nor the body names one
+	// (the admin token's actor on HTTP).
+	DefaultActor *domain.Actor
+	// CommandID is the Keyd-Command-Id header (CommandIDHeader).
 	CommandID string
 }
 
@@ -55,41 +67,42 @@ type Runner struct {
 	Service     *domain.Service
 	Metrics     *metrics.Metrics
 	WaitApplied func(ctx context.Context, seq uint64) error
-	Log         *slog.Logger
+	// Log receives the one thing the Runner logs: a warning when the local
+	// verifier misses the wait after a stored set_permissions, rotate or
+	// retire, whose reply is still a success (nil: not logged). Failed
+	// commands are logged by their transport.
+	Log *slog.Logger
 }
 
 // Run decodes payload as the named command and runs it for org (ignored for
 // catalog commands). The reply is one of the domain result types, ready to
 // be marshalled. Errors are *domain.Error values (unknown command:
 // invalid_argument; oversized payload: too_large; and whatever the service
-// returns); internal failures are logged here, without payloads.
-func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, o Override) (reply any, err error) {
+// returns). Run logs no errors: each transport logs its own replies.
+func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Transport) (reply any, err error) {
 	start := time.Now()
 	defer func() {
-		code := domain.ErrorCode(err)
 		outcome := "ok"
-		if code != "" {
+		if code := domain.ErrorCode(err); code != "" {
 			outcome = code
 		}
 		if r.Metrics != nil && (IsKeyCommand(name) || IsCatalogCommand(name)) {
 			r.Metrics.ObserveCommand(name, outcome, time.Since(start))
 		}
-		if code == domain.EInternal || code == domain.EUnavailable {
-			if r.Log != nil {
-				r.Log.Error("command failed", "command", name, "org", org, "code", code, "err", err)
-			}
-		}
 	}()
 	switch name {
 	case Create:
 		var c domain.CreateKey
-		if err := decode(payload, &c, o); err != nil {
+		if err := decode(payload, &c, t); err != nil {
 			return nil, err
 		}
 		return r.Service.CreateKey(ctx, org, c)
 	case Revoke:
 		var c domain.RevokeKey
-		if err := decodeKey(payload, &c, &c.KeyID, o); err != nil {
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.KeyID, t.KeyID, "key_id"); err != nil {
 			return nil, err
 		}
 		res, err := r.Service.RevokeKey(ctx, org, c)
@@ -98,130 +111,117 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, o Ov
 			// key; revoking again is harmless, so say "retry" rather than
 			// reply before the local verifier has applied it.
 			if werr := r.WaitApplied(ctx, res.Sequence); werr != nil {
-				return nil, domain.Errorf(domain.EUnavailable, "key %s is revoked (stream sequence %d), but this process's verifier has not applied it yet; retry the revoke", c.KeyID, res.Sequence)
+				return nil, domain.Wrap(werr, domain.EUnavailable, "key %s is revoked (stream sequence %d), but this process's verifier has not applied it yet; retry the revoke", c.KeyID, res.Sequence)
 			}
 			return res, nil
 		}
 		return res, err
 	case SetPermissions:
 		var c domain.SetPermissions
-		if err := decodeKey(payload, &c, &c.KeyID, o); err != nil {
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.KeyID, t.KeyID, "key_id"); err != nil {
 			return nil, err
 		}
 		res, err := r.Service.SetPermissions(ctx, org, c)
-		return r.waited(ctx, res, res.Sequence, err)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	case Update:
 		var c domain.UpdateKey
-		if err := decodeKey(payload, &c, &c.KeyID, o); err != nil {
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.KeyID, t.KeyID, "key_id"); err != nil {
 			return nil, err
 		}
 		return r.Service.UpdateKey(ctx, org, c)
 	case Rotate:
 		var c domain.RotateKey
-		if err := decodeKey(payload, &c, &c.KeyID, o); err != nil {
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.KeyID, t.KeyID, "key_id"); err != nil {
 			return nil, err
 		}
 		res, err := r.Service.RotateKey(ctx, org, c)
-		return r.waited(ctx, res, res.Sequence, err)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	case Define:
 		var c domain.DefinePermission
-		if err := decodeSlug(payload, &c, &c.Slug, o); err != nil {
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.Slug, t.Slug, "slug"); err != nil {
 			return nil, err
 		}
 		return r.Service.DefinePermission(ctx, c)
 	case Retire:
 		var c domain.RetirePermission
-		if err := decodeSlug(payload, &c, &c.Slug, o); err != nil {
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.Slug, t.Slug, "slug"); err != nil {
 			return nil, err
 		}
 		res, err := r.Service.RetirePermission(ctx, c)
-		return r.waited(ctx, res, res.Sequence, err)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	}
 	return nil, domain.Errorf(domain.EInvalid, "unknown command %q; commands are create, revoke, set_permissions, update, rotate (keyd.cmd.keys.<org>.<command>) and define, retire (keyd.cmd.permissions.<command>)", name)
 }
 
-// waited waits for the local verifier to apply seq before replying. The
-// event is stored either way, and these commands are not harmless to repeat,
-// so a verifier that does not catch up in time is logged, not reported.
-func (r *Runner) waited(ctx context.Context, res any, seq uint64, err error) (any, error) {
+// replyWhenApplied waits for the local verifier to apply seq, then returns
+// the reply res (or err, without waiting). The event is stored either way,
+// and these commands are not harmless to repeat, so a verifier that does not
+// catch up in time is logged as a warning, not reported.
+func (r *Runner) replyWhenApplied(ctx context.Context, res any, seq uint64, err error) (any, error) {
 	if err != nil {
 		return nil, err
 	}
 	if r.WaitApplied != nil && seq > 0 {
-		if werr := r.WaitApplied(ctx, seq); werr != nil {
-			// The event is stored; only the local confirmation is missing.
-			if r.Log != nil {
-				r.Log.Warn("local verifier did not apply the event in time", "sequence", seq, "err", werr)
-			}
+		if werr := r.WaitApplied(ctx, seq); werr != nil && r.Log != nil {
+			r.Log.Warn("local verifier did not apply the event in time", "sequence", seq, "err", werr)
 		}
 	}
 	return res, nil
 }
 
-func decode(payload []byte, v any, o Override) error {
-	if err := domain.DecodeCommand(payload, v); err != nil {
+// command is what the seven commands share: their embedded domain.Meta.
+type command interface{ CommandMeta() *domain.Meta }
+
+// decode strictly decodes payload into cmd and sets its actor and command
+// id from t.
+func decode(payload []byte, cmd command, t Transport) error {
+	if err := Decode(payload, cmd); err != nil {
 		return err
 	}
-	applyCommon(v, o)
+	m := cmd.CommandMeta()
+	m.Actor, m.CommandID = actor(m.Actor, t), t.CommandID
 	return nil
 }
 
-func decodeKey(payload []byte, v any, keyID *string, o Override) error {
-	if err := domain.DecodeCommand(payload, v); err != nil {
-		return err
-	}
-	if o.KeyID != "" {
-		if *keyID != "" && *keyID != o.KeyID {
-			return domain.Errorf(domain.EInvalid, "key_id in the body (%q) differs from the key id in the path (%q)", *keyID, o.KeyID)
+// fromPath fills the command's field (its JSON name: key_id, slug) from the
+// path's value; the body may repeat it but not differ. The field is
+// required.
+func fromPath(field *string, path, name string) error {
+	if path != "" {
+		if *field != "" && *field != path {
+			return domain.Errorf(domain.EInvalid, "%s in the body (%q) differs from the %s in the path (%q)", name, *field, strings.ReplaceAll(name, "_", " "), path)
 		}
-		*keyID = o.KeyID
+		*field = path
 	}
-	if *keyID == "" {
-		return domain.Errorf(domain.EInvalid, "key_id is required")
+	if *field == "" {
+		return domain.Errorf(domain.EInvalid, "%s is required", name)
 	}
-	applyCommon(v, o)
 	return nil
 }
 
-func decodeSlug(payload []byte, v any, slug *string, o Override) error {
-	if err := domain.DecodeCommand(payload, v); err != nil {
-		return err
+// actor is the actor to record: the transport's, else the body's, else the
+// transport's default.
+func actor(body *domain.Actor, t Transport) *domain.Actor {
+	switch {
+	case t.Actor != nil:
+		return t.Actor
+	case body != nil:
+		return body
 	}
-	if o.Slug != "" {
-		if *slug != "" && *slug != o.Slug {
-			return domain.Errorf(domain.EInvalid, "slug in the body (%q) differs from the slug in the path (%q)", *slug, o.Slug)
-		}
-		*slug = o.Slug
-	}
-	if *slug == "" {
-		return domain.Errorf(domain.EInvalid, "slug is required")
-	}
-	applyCommon(v, o)
-	return nil
-}
-
-func applyCommon(v any, o Override) {
-	switch c := v.(type) {
-	case *domain.CreateKey:
-		c.Actor, c.CommandID = actor(c.Actor, o), o.CommandID
-	case *domain.RevokeKey:
-		c.Actor, c.CommandID = actor(c.Actor, o), o.CommandID
-	case *domain.SetPermissions:
-		c.Actor, c.CommandID = actor(c.Actor, o), o.CommandID
-	case *domain.UpdateKey:
-		c.Actor, c.CommandID = actor(c.Actor, o), o.CommandID
-	case *domain.RotateKey:
-		c.Actor, c.CommandID = actor(c.Actor, o), o.CommandID
-	case *domain.DefinePermission:
-		c.Actor, c.CommandID = actor(c.Actor, o), o.CommandID
-	case *domain.RetirePermission:
-		c.Actor, c.CommandID = actor(c.Actor, o), o.CommandID
-	}
-}
-
-func actor(given *domain.Actor, o Override) *domain.Actor {
-	if o.Actor != nil {
-		return o.Actor
-	}
-	return given
+	return t.DefaultActor
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -18,18 +17,8 @@ import (
 	"github.com/keyd-dev/keyd/adapters/metrics"
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/eventstore"
+	"github.com/keyd-dev/keyd/internal/testenv"
 )
-
-type lockedRand struct {
-	mu sync.Mutex
-	r  *mrand.ChaCha8
-}
-
-func (l *lockedRand) Read(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.r.Read(p)
-}
 
 type fixture struct {
 	t      *testing.T
@@ -50,7 +39,7 @@ func newFixture(t *testing.T) *fixture {
 		Store: mem, Idempotency: eventstore.NewMemoryIdempotency(),
 		Digester: domain.NewDigester([]byte("secret")),
 		Now:      func() time.Time { return now },
-		Rand:     &lockedRand{r: mrand.NewChaCha8([32]byte{7})},
+		Rand:     testenv.LockedRand(7),
 	}
 	f := &fixture{t: t, ctx: t.Context(), mem: mem, m: metrics.New()}
 	f.runner = &commands.Runner{
@@ -74,11 +63,11 @@ func (f *fixture) takeWaited() []uint64 {
 	return w
 }
 
-func (f *fixture) run(name, org, payload string, o commands.Override) (any, error) {
+func (f *fixture) run(name, org, payload string, o commands.Transport) (any, error) {
 	return f.runner.Run(f.ctx, name, org, []byte(payload), o)
 }
 
-func (f *fixture) mustRun(name, org, payload string, o commands.Override) any {
+func (f *fixture) mustRun(name, org, payload string, o commands.Transport) any {
 	f.t.Helper()
 	reply, err := f.run(name, org, payload, o)
 	if err != nil {
@@ -108,7 +97,7 @@ func (f *fixture) lastEvent(subject string) domain.Event {
 func (f *fixture) createKey(org string, perms ...string) domain.KeyView {
 	f.t.Helper()
 	b, _ := json.Marshal(map[string]any{"name": "k", "permissions": append([]string{}, perms...)})
-	res := f.mustRun(commands.Create, org, string(b), commands.Override{}).(domain.CreateKeyResult)
+	res := f.mustRun(commands.Create, org, string(b), commands.Transport{}).(domain.CreateKeyResult)
 	f.takeWaited()
 	return res.Key
 }
@@ -133,6 +122,7 @@ func wantCode(t *testing.T, err error, code string, mention ...string) {
 }
 
 func TestRunDispatchesEachCommand(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	var keyID, newKeyID string
 	steps := []struct {
@@ -198,7 +188,7 @@ func TestRunDispatchesEachCommand(t *testing.T) {
 	}
 	for _, s := range steps {
 		before := f.lastSeq()
-		reply, err := f.run(s.name, "org", s.payload(), commands.Override{})
+		reply, err := f.run(s.name, "org", s.payload(), commands.Transport{})
 		if err != nil {
 			t.Fatalf("%s: %v", s.name, err)
 		}
@@ -221,17 +211,18 @@ func TestRunDispatchesEachCommand(t *testing.T) {
 }
 
 func TestRunWaitApplied(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.createKey("org")
 	// A no-op revoke still waits for the sequence that reflects it.
-	r1 := f.mustRun(commands.Revoke, "org", `{"key_id":"`+k.ID+`"}`, commands.Override{}).(domain.KeyResult)
+	r1 := f.mustRun(commands.Revoke, "org", `{"key_id":"`+k.ID+`"}`, commands.Transport{}).(domain.KeyResult)
 	f.takeWaited()
-	r2 := f.mustRun(commands.Revoke, "org", `{"key_id":"`+k.ID+`"}`, commands.Override{}).(domain.KeyResult)
+	r2 := f.mustRun(commands.Revoke, "org", `{"key_id":"`+k.ID+`"}`, commands.Transport{}).(domain.KeyResult)
 	if got := f.takeWaited(); len(got) != 1 || got[0] != r1.Sequence || r2.Sequence != r1.Sequence {
 		t.Errorf("second revoke waited for %v, want [%d]", got, r1.Sequence)
 	}
 	// A failed command does not wait.
-	if _, err := f.run(commands.Revoke, "org", `{"key_id":"key_01J0000000000000000000000Z"}`, commands.Override{}); err == nil {
+	if _, err := f.run(commands.Revoke, "org", `{"key_id":"key_01J0000000000000000000000Z"}`, commands.Transport{}); err == nil {
 		t.Fatal("revoke of an unknown key succeeded")
 	}
 	if got := f.takeWaited(); len(got) != 0 {
@@ -243,29 +234,30 @@ func TestRunWaitApplied(t *testing.T) {
 	// not harmless, still succeeds.
 	f.waitErr = context.DeadlineExceeded
 	k2 := f.createKey("org")
-	if _, err := f.run(commands.Revoke, "org", `{"key_id":"`+k2.ID+`"}`, commands.Override{}); domain.ErrorCode(err) != domain.EUnavailable {
+	if _, err := f.run(commands.Revoke, "org", `{"key_id":"`+k2.ID+`"}`, commands.Transport{}); domain.ErrorCode(err) != domain.EUnavailable {
 		t.Errorf("revoke with a slow verifier: %v, want unavailable", err)
 	}
 	if ev := f.lastEvent(domain.KeySubject("org", k2.ID)); ev.Type != domain.EventKeyRevoked {
 		t.Errorf("the revoke was not stored: last event %s", ev.Type)
 	}
 	k4 := f.createKey("org")
-	if _, err := f.run(commands.Rotate, "org", `{"key_id":"`+k4.ID+`","grace_period_seconds":0}`, commands.Override{}); err != nil {
+	if _, err := f.run(commands.Rotate, "org", `{"key_id":"`+k4.ID+`","grace_period_seconds":0}`, commands.Transport{}); err != nil {
 		t.Errorf("rotate with a slow verifier: %v", err)
 	}
 	f.waitErr = nil
 	// Without WaitApplied, nothing waits.
 	f.runner.WaitApplied = nil
 	k3 := f.createKey("org")
-	if _, err := f.run(commands.Revoke, "org", `{"key_id":"`+k3.ID+`"}`, commands.Override{}); err != nil {
+	if _, err := f.run(commands.Revoke, "org", `{"key_id":"`+k3.ID+`"}`, commands.Transport{}); err != nil {
 		t.Error(err)
 	}
 }
 
 func TestRunUnknownCommand(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	for _, name := range []string{"delete", "", "CREATE", "verify"} {
-		reply, err := f.run(name, "org", `{}`, commands.Override{})
+		reply, err := f.run(name, "org", `{}`, commands.Transport{})
 		if reply != nil {
 			t.Errorf("%q: reply %v", name, reply)
 		}
@@ -277,8 +269,9 @@ func TestRunUnknownCommand(t *testing.T) {
 }
 
 func TestRunOverrides(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
-	f.mustRun(commands.Define, "", `{"slug":"a","description":"A"}`, commands.Override{})
+	f.mustRun(commands.Define, "", `{"slug":"a","description":"A"}`, commands.Transport{})
 	k := f.createKey("org")
 	other := f.createKey("org")
 
@@ -286,20 +279,20 @@ func TestRunOverrides(t *testing.T) {
 		name    string
 		command string
 		payload string
-		o       commands.Override
+		o       commands.Transport
 		code    string
 		mention []string
 	}{
-		{"key id mismatch", commands.Revoke, `{"key_id":"` + other.ID + `"}`, commands.Override{KeyID: k.ID}, domain.EInvalid, []string{k.ID, other.ID}},
-		{"key id mismatch on update", commands.Update, `{"key_id":"` + other.ID + `","name":"x"}`, commands.Override{KeyID: k.ID}, domain.EInvalid, []string{"key_id"}},
-		{"key id mismatch on rotate", commands.Rotate, `{"key_id":"` + other.ID + `","grace_period_seconds":0}`, commands.Override{KeyID: k.ID}, domain.EInvalid, []string{"key_id"}},
-		{"key id mismatch on set_permissions", commands.SetPermissions, `{"key_id":"` + other.ID + `","permissions":[]}`, commands.Override{KeyID: k.ID}, domain.EInvalid, []string{"key_id"}},
-		{"no key id", commands.Revoke, `{}`, commands.Override{}, domain.EInvalid, []string{"key_id is required"}},
-		{"slug mismatch", commands.Define, `{"slug":"b","description":"B"}`, commands.Override{Slug: "a"}, domain.EInvalid, []string{`"a"`, `"b"`}},
-		{"no slug", commands.Retire, ``, commands.Override{}, domain.EInvalid, []string{"slug is required"}},
-		{"unknown field", commands.Create, `{"name":"n","nme":"x"}`, commands.Override{}, domain.EInvalid, []string{`"nme"`}},
-		{"too large", commands.Create, `{"name":"` + strings.Repeat("n", domain.MaxCommandBytes) + `"}`, commands.Override{}, domain.ETooLarge, nil},
-		{"bad org", commands.Create, `{"name":"n"}`, commands.Override{}, domain.EInvalid, []string{"organization"}},
+		{"key id mismatch", commands.Revoke, `{"key_id":"` + other.ID + `"}`, commands.Transport{KeyID: k.ID}, domain.EInvalid, []string{k.ID, other.ID}},
+		{"key id mismatch on update", commands.Update, `{"key_id":"` + other.ID + `","name":"x"}`, commands.Transport{KeyID: k.ID}, domain.EInvalid, []string{"key_id"}},
+		{"key id mismatch on rotate", commands.Rotate, `{"key_id":"` + other.ID + `","grace_period_seconds":0}`, commands.Transport{KeyID: k.ID}, domain.EInvalid, []string{"key_id"}},
+		{"key id mismatch on set_permissions", commands.SetPermissions, `{"key_id":"` + other.ID + `","permissions":[]}`, commands.Transport{KeyID: k.ID}, domain.EInvalid, []string{"key_id"}},
+		{"no key id", commands.Revoke, `{}`, commands.Transport{}, domain.EInvalid, []string{"key_id is required"}},
+		{"slug mismatch", commands.Define, `{"slug":"b","description":"B"}`, commands.Transport{Slug: "a"}, domain.EInvalid, []string{`"a"`, `"b"`}},
+		{"no slug", commands.Retire, ``, commands.Transport{}, domain.EInvalid, []string{"slug is required"}},
+		{"unknown field", commands.Create, `{"name":"n","nme":"x"}`, commands.Transport{}, domain.EInvalid, []string{`"nme"`}},
+		{"too large", commands.Create, `{"name":"` + strings.Repeat("n", commands.MaxBytes) + `"}`, commands.Transport{}, domain.ETooLarge, nil},
+		{"bad org", commands.Create, `{"name":"n"}`, commands.Transport{}, domain.EInvalid, []string{"organization"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -318,63 +311,78 @@ func TestRunOverrides(t *testing.T) {
 
 	// The path's key id fills in an absent body key id; the same id in both is fine.
 	for _, payload := range []string{`{"name":"from path"}`, `{"key_id":"` + k.ID + `","name":"both"}`} {
-		res := f.mustRun(commands.Update, "org", payload, commands.Override{KeyID: k.ID}).(domain.KeyResult)
+		res := f.mustRun(commands.Update, "org", payload, commands.Transport{KeyID: k.ID}).(domain.KeyResult)
 		if res.Key.ID != k.ID {
 			t.Errorf("update %s applied to %s", payload, res.Key.ID)
 		}
 	}
 	// The path's slug fills in the body's.
-	res := f.mustRun(commands.Define, "", `{"description":"B"}`, commands.Override{Slug: "b"}).(domain.PermissionResult)
+	res := f.mustRun(commands.Define, "", `{"description":"B"}`, commands.Transport{Slug: "b"}).(domain.PermissionResult)
 	if res.Permission.Slug != "b" {
 		t.Errorf("define with slug from the path = %+v", res.Permission)
 	}
 }
 
 func TestRunActorAndCommandID(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	widget := &domain.Actor{Type: "user", ID: "widget_user_1"}
 	bodyActor := `"actor":{"type":"service","id":"claimed"}`
 
 	// Create: the widget session's actor wins over the body's.
-	res := f.mustRun(commands.Create, "org", `{"name":"w",`+bodyActor+`}`, commands.Override{Actor: widget, CommandID: "cmd-create-1"}).(domain.CreateKeyResult)
+	res := f.mustRun(commands.Create, "org", `{"name":"w",`+bodyActor+`}`, commands.Transport{Actor: widget, CommandID: "cmd-create-1"}).(domain.CreateKeyResult)
 	ev := f.lastEvent(domain.KeySubject("org", res.Key.ID))
 	if ev.Actor != *widget || ev.CommandID != "cmd-create-1" {
 		t.Errorf("create event actor %+v command %q, want %+v cmd-create-1", ev.Actor, ev.CommandID, *widget)
 	}
 	// Revoke likewise.
-	f.mustRun(commands.Revoke, "org", `{`+bodyActor+`}`, commands.Override{KeyID: res.Key.ID, Actor: widget})
+	f.mustRun(commands.Revoke, "org", `{`+bodyActor+`}`, commands.Transport{KeyID: res.Key.ID, Actor: widget})
 	ev = f.lastEvent(domain.KeySubject("org", res.Key.ID))
 	if ev.Type != domain.EventKeyRevoked || ev.Actor != *widget {
 		t.Errorf("revoke event %s actor %+v, want %+v", ev.Type, ev.Actor, *widget)
 	}
 	// Without an override, the body's actor is recorded; without either, the system.
-	res = f.mustRun(commands.Create, "org", `{"name":"b",`+bodyActor+`}`, commands.Override{}).(domain.CreateKeyResult)
+	res = f.mustRun(commands.Create, "org", `{"name":"b",`+bodyActor+`}`, commands.Transport{}).(domain.CreateKeyResult)
 	if ev := f.lastEvent(domain.KeySubject("org", res.Key.ID)); ev.Actor != (domain.Actor{Type: "service", ID: "claimed"}) {
 		t.Errorf("create event actor %+v, want the body's", ev.Actor)
 	}
-	res = f.mustRun(commands.Create, "org", `{"name":"s"}`, commands.Override{}).(domain.CreateKeyResult)
+	res = f.mustRun(commands.Create, "org", `{"name":"s"}`, commands.Transport{}).(domain.CreateKeyResult)
 	if ev := f.lastEvent(domain.KeySubject("org", res.Key.ID)); ev.Actor.Type != "system" {
 		t.Errorf("create event actor %+v, want a system actor", ev.Actor)
 	}
+	// The transport's default actor (the admin's on HTTP) is recorded when
+	// the body names none (absent or null); an actor in the body wins.
+	admin := &domain.Actor{Type: "service", ID: "admin"}
+	for payload, want := range map[string]domain.Actor{
+		`{"name":"d"}`:                   *admin,
+		`{"name":"d","actor":null}`:      *admin,
+		`{"name":"d",` + bodyActor + `}`: {Type: "service", ID: "claimed"},
+	} {
+		res = f.mustRun(commands.Create, "org", payload, commands.Transport{DefaultActor: admin}).(domain.CreateKeyResult)
+		if ev := f.lastEvent(domain.KeySubject("org", res.Key.ID)); ev.Actor != want {
+			t.Errorf("%s with a default actor: event actor %+v, want %+v", payload, ev.Actor, want)
+		}
+	}
 	// Catalog commands record the override too.
-	f.mustRun(commands.Define, "", `{"slug":"p","description":"P"}`, commands.Override{Actor: &domain.Actor{Type: "user", ID: "admin"}})
+	f.mustRun(commands.Define, "", `{"slug":"p","description":"P"}`, commands.Transport{Actor: &domain.Actor{Type: "user", ID: "admin"}})
 	if ev := f.lastEvent(domain.CatalogSubject); ev.Actor.ID != "admin" {
 		t.Errorf("define event actor %+v", ev.Actor)
 	}
 	// A body actor that is not valid is rejected.
-	_, err := f.run(commands.Create, "org", `{"name":"x","actor":{"type":"root","id":"x"}}`, commands.Override{})
+	_, err := f.run(commands.Create, "org", `{"name":"x","actor":{"type":"root","id":"x"}}`, commands.Transport{})
 	wantCode(t, err, domain.EInvalid, "actor.type")
 }
 
 func TestRunMetrics(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	k := f.createKey("org")
 	f.createKey("org")
-	f.mustRun(commands.Update, "org", `{"key_id":"`+k.ID+`","name":"x"}`, commands.Override{})
-	f.run(commands.Revoke, "org", `{"key_id":"key_01J0000000000000000000000Z"}`, commands.Override{})
-	f.run(commands.Revoke, "org", `{"key_id":5}`, commands.Override{})
-	f.run(commands.Create, "org", `{"name":"`+strings.Repeat("n", domain.MaxCommandBytes)+`"}`, commands.Override{})
-	f.run("bogus", "org", `{}`, commands.Override{})
+	f.mustRun(commands.Update, "org", `{"key_id":"`+k.ID+`","name":"x"}`, commands.Transport{})
+	f.run(commands.Revoke, "org", `{"key_id":"key_01J0000000000000000000000Z"}`, commands.Transport{})
+	f.run(commands.Revoke, "org", `{"key_id":5}`, commands.Transport{})
+	f.run(commands.Create, "org", `{"name":"`+strings.Repeat("n", commands.MaxBytes)+`"}`, commands.Transport{})
+	f.run("bogus", "org", `{}`, commands.Transport{})
 
 	text := f.metricsText()
 	for _, want := range []string{

@@ -9,6 +9,7 @@ import (
 )
 
 func TestUnauthenticated(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	k := s.createKey("org_a", "k").Key
 	past := NewSessions(domain.DeriveKey([]byte("test deployment secret"), SessionKeyLabel),
@@ -61,6 +62,7 @@ func TestUnauthenticated(t *testing.T) {
 }
 
 func TestWidgetSessionAccess(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	s.definePermissions("posts:read")
 	tok := s.session("org_a", "user-1")
@@ -120,6 +122,7 @@ func TestWidgetSessionAccess(t *testing.T) {
 }
 
 func TestAdminSeesNotFoundAcrossOrgs(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	k := s.createKey("org_a", "k")
 	s.mustFail(t, domain.ENotFound, "GET", "/v1/orgs/org_b/keys/"+k.Key.ID+"?min_sequence="+u64(k.Sequence), adminToken, nil)
@@ -129,6 +132,7 @@ func TestAdminSeesNotFoundAcrossOrgs(t *testing.T) {
 }
 
 func TestCreateWidgetSession(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	before := time.Now()
 	var res sessionReply

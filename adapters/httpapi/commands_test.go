@@ -10,6 +10,7 @@ import (
 )
 
 func TestManagementRoutes(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	s.definePermissions("posts:read", "posts:write")
 
@@ -86,6 +87,7 @@ func TestManagementRoutes(t *testing.T) {
 }
 
 func TestCommandBodyErrors(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	k := s.createKey("org_a", "k").Key
 	base := "/v1/orgs/org_a/keys/" + k.ID
@@ -110,7 +112,7 @@ func TestCommandBodyErrors(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := s.mustFail(t, c.code, c.method, c.path, adminToken, c.body)
-			var e errorBody
+			var e domain.ErrorBody
 			r.json(t, &e)
 			if !strings.Contains(e.Error.Message, c.inMessage) {
 				t.Errorf("message %q does not mention %q", e.Error.Message, c.inMessage)
@@ -142,6 +144,7 @@ func lastEvent(t *testing.T, s *stack, org, keyID string) domain.Event {
 }
 
 func TestCommandActor(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	k := s.createKey("org_a", "k").Key
 	if got := lastEvent(t, s, "org_a", k.ID).Actor; got != adminActor {

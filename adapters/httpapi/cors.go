@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"slices"
 
+	"github.com/keyd-dev/keyd/adapters/commands"
 	"github.com/keyd-dev/keyd/domain"
 )
 
@@ -16,8 +17,8 @@ import (
 // credentials: the widget authenticates with a bearer token, never cookies.
 const (
 	corsAllowMethods  = "GET, POST, PUT, PATCH, DELETE"
-	corsAllowHeaders  = "Authorization, Content-Type, Keyd-Command-Id"
-	corsExposeHeaders = "Keyd-Sequence"
+	corsAllowHeaders  = "Authorization, Content-Type, " + commands.CommandIDHeader
+	corsExposeHeaders = SequenceHeader
 	corsMaxAge        = "600"
 )
 
@@ -64,7 +65,7 @@ func (s *Server) preflight(w http.ResponseWriter, r *http.Request) {
 	s.cors(w, r)
 	origin := r.Header.Get("Origin")
 	if origin != "" && !s.originAllowed(origin) {
-		writeError(w, domain.Errorf(domain.EForbidden, "origin %q may not embed the keyd widget; add it to --widget-origins (KEYD_WIDGET_ORIGINS)", origin))
+		s.writeError(w, r, domain.Errorf(domain.EForbidden, "origin %q may not embed the keyd widget; add it to --widget-origins (KEYD_WIDGET_ORIGINS)", origin))
 		return
 	}
 	h := w.Header()

@@ -34,6 +34,7 @@ func serve(h http.Handler, method, path string, hdr ...string) *httptest.Respons
 }
 
 func TestCORSPreflight(t *testing.T) {
+	t.Parallel()
 	h := lightServer().Handler()
 	for _, path := range []string{
 		"/v1/orgs/org_a/keys",
@@ -74,6 +75,7 @@ func TestCORSPreflight(t *testing.T) {
 }
 
 func TestCORSOrigins(t *testing.T) {
+	t.Parallel()
 	tok, _, err := NewSessions([]byte("k"), nil).Issue("org_a", "u", 60e9)
 	if err != nil {
 		t.Fatal(err)
@@ -121,6 +123,7 @@ func TestCORSOrigins(t *testing.T) {
 }
 
 func TestCORSOnErrorsAndAdminRoutes(t *testing.T) {
+	t.Parallel()
 	h := lightServer().Handler()
 	// A 401 on a widget route is readable by the widget (it starts a new
 	// session on it).

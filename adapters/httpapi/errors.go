@@ -7,47 +7,42 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/keyd-dev/keyd/adapters/commands"
 	"github.com/keyd-dev/keyd/domain"
 )
 
-// errorBody is the contract's error shape: {"error": {"code", "message"}}.
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-// writeError is the one place an error becomes an HTTP reply: the status is
-// domain.HTTPStatus of its code, the body {"error": {"code", "message"}}.
-// Errors that are not *domain.Error are internal, and their text is not
-// shown. A 401 carries WWW-Authenticate: Bearer. It logs nothing; see
-// Server.fail.
-func writeError(w http.ResponseWriter, err error) {
-	code := domain.ErrorCode(err)
-	if code == "" {
-		code = domain.EInternal
+// writeError is how a handler replies with an error, and the one place the
+// HTTP edge logs: an internal or unavailable error is logged with the
+// route, the method and the error's internal cause (never bodies, tokens or
+// secrets; domain errors never carry them). Errors that reach the client as
+// invalid input, not found and so on are the client's business and are not
+// logged. The reply is writeErrorBody's.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if code := domain.ErrorCode(err); code == domain.EInternal || code == domain.EUnavailable {
+		attrs := []slog.Attr{slog.String("method", r.Method), slog.String("route", routeLabel(r)),
+			slog.String("code", code), slog.Any("err", err)}
+		var de *domain.Error
+		if errors.As(err, &de) && de.Err != nil {
+			attrs = append(attrs, slog.Any("cause", de.Err))
+		}
+		s.logger().LogAttrs(r.Context(), slog.LevelError, "http request failed", attrs...)
 	}
+	writeErrorBody(w, err)
+}
+
+// writeErrorBody writes err as the reply, without logging: the status is
+// domain.HTTPStatus of its code, the body domain.ErrorBody. Errors that are
+// not *domain.Error are internal, and their text is not shown. A 401
+// carries WWW-Authenticate: Bearer. Handlers use Server.writeError; this is
+// for the two replies that must not log again: a panic's (logged with its
+// stack) and an unknown route's.
+func writeErrorBody(w http.ResponseWriter, err error) {
+	code := domain.ErrorCode(err)
 	status := domain.HTTPStatus(code)
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="keyd"`)
 	}
-	writeJSON(w, status, errorBody{Error: errorDetail{Code: code, Message: domain.ErrorMessage(err)}})
-}
-
-// fail writes err and, when it is internal or unavailable, logs it with the
-// route and method (never bodies, tokens or secrets; domain errors never
-// carry them). Errors that reach the client as invalid input, not found and
-// so on are the client's business and are not logged.
-func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	if code := domain.ErrorCode(err); code == domain.EInternal || code == domain.EUnavailable {
-		s.logger().LogAttrs(r.Context(), slog.LevelError, "http request failed",
-			slog.String("method", r.Method), slog.String("route", routeLabel(r)),
-			slog.String("code", code), slog.Any("err", err))
-	}
-	writeError(w, err)
+	writeJSON(w, status, domain.ErrorBodyOf(err))
 }
 
 // writeJSON writes v as the JSON reply with status. Replies are never
@@ -75,7 +70,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func bodyError(err error) error {
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return domain.Errorf(domain.ETooLarge, "request body is larger than %d bytes", domain.MaxCommandBytes)
+		return domain.Errorf(domain.ETooLarge, "request body is larger than %d bytes", commands.MaxBytes)
 	}
-	return domain.Errorf(domain.EInvalid, "request body could not be read: the connection broke off")
+	return domain.Wrap(err, domain.EInvalid, "request body could not be read: the connection broke off")
 }

@@ -23,6 +23,7 @@ func sequenceOf(t *testing.T, r reply) uint64 {
 }
 
 func TestReadYourWrites(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	s.definePermissions("posts:read")
 	created := s.createKey("org_a", "fresh", "posts:read")
@@ -64,6 +65,7 @@ func TestReadYourWrites(t *testing.T) {
 }
 
 func TestListKeys(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	var secrets []string
 	var last domain.CreateKeyResult
@@ -128,6 +130,7 @@ func TestListKeys(t *testing.T) {
 }
 
 func TestListEvents(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	k := s.createKey("org_a", "k")
 	s.createKey("org_b", "other org")
@@ -192,6 +195,7 @@ func TestListEvents(t *testing.T) {
 }
 
 func TestListPermissions(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	var list permissionList
 	r := s.must(t, 200, "GET", "/v1/permissions", adminToken, nil)
@@ -217,6 +221,7 @@ func TestListPermissions(t *testing.T) {
 }
 
 func TestEveryReadCarriesSequence(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	k := s.createKey("org_a", "k")
 	tok := s.session("org_a", "u")

@@ -8,8 +8,8 @@
 // on the routes the contract marks (W), a widget session token of the
 // organization in the path. Every reply is JSON (but /metrics); errors are
 // {"error": {"code", "message"}} with the status the contract gives each
-// code, written in one place (writeError); only internal and unavailable
-// errors are logged, never with bodies, tokens or secrets.
+// code, written and logged in one place (Server.writeError); only internal
+// and unavailable errors are logged, never with bodies, tokens or secrets.
 //
 // Routes (/widget/* are added by the wiring through Server.Extra):
 //
@@ -71,9 +71,6 @@ const (
 	// sequence the read models had applied when the data was read: the data
 	// is at least that new.
 	SequenceHeader = "Keyd-Sequence"
-	// CommandIDHeader lets a client make retries of a management request
-	// idempotent, as on NATS.
-	CommandIDHeader = "Keyd-Command-Id"
 )
 
 // Server is keyd's HTTP API. Set its fields, then call Handler or Serve; do
@@ -103,9 +100,9 @@ type Server struct {
 	AllowLocalhostOrigins bool
 	// Log receives internal errors (nil: slog.Default()).
 	Log *slog.Logger
-	// Extra, if set, registers more routes (the verify route, /widget/*)
-	// on the mux; they get the same timeout, metrics, JSON 404/405 and panic
-	// handling.
+	// Extra, if set, registers more routes on the mux (keyd adds
+	// /widget/*); they get the same timeout, metrics, JSON 404/405 and
+	// panic handling.
 	Extra func(mux *http.ServeMux)
 	// Verifier answers POST /v1/keys/verify (nil: the route answers
 	// unavailable).
@@ -152,15 +149,6 @@ func (s *Server) Handler() http.Handler {
 		s.handler = s.wrap(mux)
 	})
 	return s.handler
-}
-
-// ListenAndServe listens on addr and serves until ctx ends; see Serve.
-func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("http: listen on %s: %w", addr, err)
-	}
-	return s.Serve(ctx, ln)
 }
 
 // Serve serves the API on ln until ctx ends, then shuts down gracefully:
@@ -248,28 +236,38 @@ func (rt router) handle(pattern string, a access, h authedHandler) {
 		}
 		c, err := s.authenticate(r)
 		if err != nil {
-			writeError(w, err)
+			s.writeError(w, r, err)
 			return
 		}
-		org := r.PathValue("org")
-		if org != "" && !domain.ValidOrgID(org) {
-			writeError(w, domain.Errorf(domain.EInvalid, "organization id %q in the path must match ^[A-Za-z0-9_-]{1,64}$", org))
-			return
-		}
-		if err := authorize(c, a, org); err != nil {
-			writeError(w, err)
-			return
-		}
-		if id := r.PathValue("key_id"); id != "" && !domain.ValidKeyID(id) {
-			writeError(w, domain.Errorf(domain.EInvalid, "key id %q in the path is not a key id (key_ followed by a 26-character ULID)", id))
-			return
-		}
-		if slug := r.PathValue("slug"); slug != "" && !domain.ValidSlug(slug) {
-			writeError(w, domain.Errorf(domain.EInvalid, "permission slug %q in the path must match ^[a-z0-9][a-z0-9_.:-]{0,127}$", slug))
+		if err := s.checkPath(r, c, a); err != nil {
+			s.writeError(w, r, err)
 			return
 		}
 		h(w, r, c)
 	})
+}
+
+// checkPath checks the shape of the ids in the path and that c may call
+// the route for its organization: invalid_argument or permission_denied.
+func (s *Server) checkPath(r *http.Request, c caller, a access) error {
+	org := r.PathValue("org")
+	if org != "" {
+		if err := domain.CheckOrgID(org); err != nil {
+			return err
+		}
+	}
+	if err := authorize(c, a, org); err != nil {
+		return err
+	}
+	if id := r.PathValue("key_id"); id != "" {
+		if err := domain.CheckKeyID(id); err != nil {
+			return err
+		}
+	}
+	if slug := r.PathValue("slug"); slug != "" {
+		return domain.CheckSlug(slug)
+	}
+	return nil
 }
 
 // wrap adds, around the mux, what every request gets: a deadline, metrics,
@@ -290,7 +288,7 @@ func (s *Server) wrap(mux *http.ServeMux) http.Handler {
 				s.logger().Error("http handler panicked", "method", r.Method, "route", routeLabel(r),
 					"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 				if !sw.wroteHeader {
-					writeError(sw, errors.New("panic"))
+					writeErrorBody(sw, errors.New("panic")) // logged above, with the stack
 				}
 			}
 			s.observe(r, sw.code(), time.Since(start))
@@ -375,11 +373,11 @@ func (w *fallbackWriter) WriteHeader(code int) {
 	switch code {
 	case http.StatusNotFound:
 		w.replaced = true
-		writeError(w.ResponseWriter, domain.Errorf(domain.ENotFound, "there is no route %s %q; the routes are listed in the keyd HTTP documentation", w.method, w.path))
+		writeErrorBody(w.ResponseWriter, domain.Errorf(domain.ENotFound, "there is no route %s %q; the routes are listed in the keyd HTTP documentation", w.method, w.path))
 	case http.StatusMethodNotAllowed:
 		// The contract has no code of its own for this; the status says it.
 		w.replaced = true
-		writeJSON(w.ResponseWriter, http.StatusMethodNotAllowed, errorBody{Error: errorDetail{
+		writeJSON(w.ResponseWriter, http.StatusMethodNotAllowed, domain.ErrorBody{Error: domain.ErrorDetail{
 			Code:    domain.EInvalid,
 			Message: fmt.Sprintf("%s is not allowed on %s; use %s", w.method, w.path, w.ResponseWriter.Header().Get("Allow")),
 		}})

@@ -18,9 +18,11 @@ import (
 	"github.com/keyd-dev/keyd/adapters/metrics"
 	"github.com/keyd-dev/keyd/adapters/postgres"
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/internal/testenv"
 )
 
 func TestUnknownRouteAndMethod(t *testing.T) {
+	t.Parallel()
 	h := lightServer().Handler()
 	for _, c := range []struct {
 		method, path string
@@ -36,7 +38,7 @@ func TestUnknownRouteAndMethod(t *testing.T) {
 		{"POST", "/healthz", 405, "GET, HEAD"},
 	} {
 		rec := serve(h, c.method, c.path, "Authorization", "Bearer "+adminToken)
-		var e errorBody
+		var e domain.ErrorBody
 		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
 			t.Errorf("%s %s: body %q is not a JSON error", c.method, c.path, rec.Body)
 		}
@@ -50,6 +52,7 @@ func TestUnknownRouteAndMethod(t *testing.T) {
 }
 
 func TestHealthAndReadiness(t *testing.T) {
+	t.Parallel()
 	ready, detail := true, map[string]any{"nats": "ok", "postgres": "ok"}
 	h := lightServer(func(s *Server) {
 		s.Ready = func(ctx context.Context) (bool, map[string]any) {
@@ -79,6 +82,7 @@ func TestHealthAndReadiness(t *testing.T) {
 }
 
 func TestMetricsByRoutePattern(t *testing.T) {
+	t.Parallel()
 	m := metrics.New()
 	h := lightServer(func(s *Server) { s.Metrics = m }).Handler()
 	tok, _, _ := NewSessions([]byte("k"), nil).Issue("org_a", "u", time.Minute)
@@ -106,7 +110,8 @@ func TestMetricsByRoutePattern(t *testing.T) {
 }
 
 func TestExtraRoutesAndPanics(t *testing.T) {
-	logs := &syncBuffer{}
+	t.Parallel()
+	logs := &testenv.SyncBuffer{}
 	h := lightServer(func(s *Server) {
 		s.Log = slog.New(slog.NewJSONHandler(logs, nil))
 		s.Extra = func(mux *http.ServeMux) {
@@ -132,6 +137,7 @@ func TestExtraRoutesAndPanics(t *testing.T) {
 }
 
 func TestServeShutsDownGracefully(t *testing.T) {
+	t.Parallel()
 	started, release := make(chan struct{}), make(chan struct{})
 	s := lightServer(func(s *Server) {
 		s.Extra = func(mux *http.ServeMux) {
@@ -186,6 +192,7 @@ func TestServeShutsDownGracefully(t *testing.T) {
 }
 
 func TestServeReportsListenerErrors(t *testing.T) {
+	t.Parallel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -198,6 +205,7 @@ func TestServeReportsListenerErrors(t *testing.T) {
 }
 
 func TestNoAdminToken(t *testing.T) {
+	t.Parallel()
 	h := lightServer(func(s *Server) { s.AdminToken = "" }).Handler()
 	for _, hdr := range []string{"Bearer ", "Bearer x"} {
 		if rec := serve(h, "GET", "/v1/permissions", "Authorization", hdr); rec.Code != 401 {
@@ -210,6 +218,7 @@ func TestNoAdminToken(t *testing.T) {
 // secret appears in the reply to its create or rotate and nowhere else: in
 // no other reply body, header or log line.
 func TestSecretsStayInTheirReplies(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	s.definePermissions("posts:read")
 	tok := s.session("org_a", "u")
@@ -292,6 +301,7 @@ func newBrokenReads(t *testing.T, s *stack) http.Handler {
 // TestMetricsMethodLabelIsBounded: made-up methods share one label, so a
 // client cannot grow /metrics without bound.
 func TestMetricsMethodLabelIsBounded(t *testing.T) {
+	t.Parallel()
 	m := metrics.New()
 	h := lightServer(func(s *Server) { s.Metrics = m }).Handler()
 	for i := range 50 {

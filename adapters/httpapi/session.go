@@ -9,8 +9,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode/utf8"
 
+	"github.com/keyd-dev/keyd/adapters/commands"
 	"github.com/keyd-dev/keyd/domain"
 )
 
@@ -73,14 +73,18 @@ type sessionPayload struct {
 
 // Issue returns a token for user in org, valid for ttl, and its expiry.
 // Errors: invalid_argument for an invalid org id, a user id that is not 1
-// to 200 bytes of UTF-8, or a ttl outside (0, MaxSessionTTL]; internal if
+// to 200 bytes of single-line text (domain.CheckText), or a ttl outside (0, MaxSessionTTL]; internal if
 // the system's random source fails.
 func (s *Sessions) Issue(org, user string, ttl time.Duration) (token string, expires time.Time, err error) {
-	if !domain.ValidOrgID(org) {
-		return "", time.Time{}, domain.Errorf(domain.EInvalid, "org_id %q must match ^[A-Za-z0-9_-]{1,64}$", org)
+	if err := domain.CheckOrgID(org); err != nil {
+		return "", time.Time{}, err
 	}
-	if user == "" || len(user) > MaxUserIDBytes || !utf8.ValidString(user) {
+	if user == "" || len(user) > MaxUserIDBytes {
 		return "", time.Time{}, domain.Errorf(domain.EInvalid, "user_id must be 1 to %d bytes of UTF-8", MaxUserIDBytes)
+	}
+	// The user id becomes the actor id of the session's commands.
+	if err := domain.CheckText("user_id", user, false); err != nil {
+		return "", time.Time{}, err
 	}
 	if ttl <= 0 || ttl > MaxSessionTTL {
 		return "", time.Time{}, domain.Errorf(domain.EInvalid, "a session lasts between 1 and %d seconds", int(MaxSessionTTL/time.Second))
@@ -158,31 +162,31 @@ type sessionReply struct {
 // are not configured.
 func (s *Server) createSession(w http.ResponseWriter, r *http.Request, _ caller) {
 	if s.Sessions == nil {
-		s.fail(w, r, domain.Errorf(domain.EUnavailable, "widget sessions are not enabled on this server"))
+		s.writeError(w, r, domain.Errorf(domain.EUnavailable, "widget sessions are not enabled on this server"))
 		return
 	}
 	body, err := readBody(w, r)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	var req createSessionRequest
-	if err := domain.DecodeCommand(body, &req); err != nil {
-		writeError(w, err)
+	if err := commands.Decode(body, &req); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	ttl := DefaultSessionTTL
 	if req.TTLSeconds != nil {
 		maxTTL := int64(MaxSessionTTL / time.Second)
 		if *req.TTLSeconds < 1 || *req.TTLSeconds > maxTTL {
-			writeError(w, domain.Errorf(domain.EInvalid, "ttl_seconds must be from 1 to %d, got %d", maxTTL, *req.TTLSeconds))
+			s.writeError(w, r, domain.Errorf(domain.EInvalid, "ttl_seconds must be from 1 to %d, got %d", maxTTL, *req.TTLSeconds))
 			return
 		}
 		ttl = time.Duration(*req.TTLSeconds) * time.Second
 	}
 	token, expires, err := s.Sessions.Issue(req.OrgID, req.UserID, ttl)
 	if err != nil {
-		s.fail(w, r, err)
+		s.writeError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, sessionReply{Token: token, ExpiresAt: expires})

@@ -24,6 +24,7 @@ func mustIssue(t *testing.T, s *Sessions, org, user string, ttl time.Duration) s
 }
 
 func TestSessionsIssueVerify(t *testing.T) {
+	t.Parallel()
 	c := &clock{t: time.Date(2030, 1, 2, 3, 4, 5, 600_700_000, time.UTC)}
 	s := NewSessions(domain.DeriveKey([]byte("deployment secret"), SessionKeyLabel), c.Now)
 	tok, exp, err := s.Issue("org_1", "user 42", 10*time.Minute)
@@ -54,6 +55,7 @@ func TestSessionsIssueVerify(t *testing.T) {
 }
 
 func TestSessionsExpiry(t *testing.T) {
+	t.Parallel()
 	c := &clock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
 	s := NewSessions([]byte("k"), c.Now)
 	tok := mustIssue(t, s, "org_1", "u", time.Minute)
@@ -69,6 +71,7 @@ func TestSessionsExpiry(t *testing.T) {
 }
 
 func TestSessionsTampering(t *testing.T) {
+	t.Parallel()
 	s := NewSessions([]byte("k"), nil)
 	tok := mustIssue(t, s, "org_1", "u", time.Minute)
 	body := tok[len(SessionTokenPrefix):]
@@ -107,6 +110,7 @@ func TestSessionsTampering(t *testing.T) {
 }
 
 func TestSessionsIssueRejects(t *testing.T) {
+	t.Parallel()
 	s := NewSessions([]byte("k"), nil)
 	for _, c := range []struct {
 		org, user string

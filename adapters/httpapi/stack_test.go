@@ -46,7 +46,7 @@ type stack struct {
 	reads    *postgres.ReadModel
 	metrics  *metrics.Metrics
 	sessions *Sessions
-	logs     *syncBuffer
+	logs     *testenv.SyncBuffer
 
 	mu     sync.Mutex
 	bodies []string
@@ -75,7 +75,7 @@ func newStack(t *testing.T, opts ...stackOption) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close) // after the projector stops (cleanups run LIFO)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, err := migrations.Apply(ctx, pool, log); err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ func (r reply) json(t *testing.T, v any) {
 
 // errorCode returns the error code of an error reply, "" if it is none.
 func (r reply) errorCode() string {
-	var e errorBody
+	var e domain.ErrorBody
 	_ = json.Unmarshal(r.Body, &e)
 	return e.Error.Code
 }
@@ -247,24 +247,6 @@ func (s *stack) session(org, user string) string {
 	var res sessionReply
 	s.must(s.t, 200, "POST", "/v1/widget/sessions", adminToken, map[string]string{"org_id": org, "user_id": user}).json(s.t, &res)
 	return res.Token
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 func u64(n uint64) string { return strconv.FormatUint(n, 10) }

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http"
 
+	"github.com/keyd-dev/keyd/adapters/commands"
 	"github.com/keyd-dev/keyd/domain"
 )
 
@@ -19,27 +20,27 @@ type verifyRequest struct {
 // up or has been cut off from the stream longer than its staleness bound.
 func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 	if s.Verifier == nil {
-		writeError(w, domain.Errorf(domain.EUnavailable, "this process has no verifier"))
+		s.writeError(w, r, domain.Errorf(domain.EUnavailable, "this process has no verifier"))
 		return
 	}
 	body, err := readBody(w, r)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	var req verifyRequest
-	if err := domain.DecodeCommand(body, &req); err != nil {
-		writeError(w, err)
+	if err := commands.Decode(body, &req); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if req.Key == nil {
-		writeError(w, domain.Errorf(domain.EInvalid, `"key" is required: the API key to verify`))
+		s.writeError(w, r, domain.Errorf(domain.EInvalid, `"key" is required: the API key to verify`))
 		return
 	}
 	// An empty or mistyped key is a well-formed request: 200, code malformed.
 	res, err := s.Verifier.Verify(r.Context(), *req.Key, req.Permissions...)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	if s.Metrics != nil {

@@ -9,6 +9,7 @@ import (
 )
 
 func TestVerifyRoute(t *testing.T) {
+	t.Parallel()
 	s := newStack(t)
 	s.definePermissions("posts:read", "posts:write")
 	k := s.createKey("org_v", "verify me", "posts:read")

@@ -9,6 +9,7 @@ import (
 )
 
 func TestHandlerServesCommandsAndGauges(t *testing.T) {
+	t.Parallel()
 	m := New()
 	m.ObserveCommand("create", "ok", 3*time.Millisecond)
 	m.ObserveCommand("create", "invalid_argument", time.Millisecond)

@@ -4,14 +4,17 @@
 // update, rotate) and keyd.cmd.permissions.<command> (define, retire), in the
 // queue group "keyd" so several keyd processes share the load. Every request
 // that carries a reply subject gets exactly one reply: the command's JSON
-// result, or {"error": {"code", "message"}}. A request may carry the header
-// Keyd-Command-Id: retrying it with the same id never appends twice.
+// result, or {"error": {"code", "message"}} (domain.ErrorBody). A request
+// may carry the header Keyd-Command-Id (commands.CommandIDHeader): retrying
+// it with the same id never appends twice. Internal and unavailable errors
+// are logged here, once per request, never with payloads.
 package natscmd
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -27,8 +30,6 @@ import (
 const (
 	Subject    = "keyd.cmd.>"
 	QueueGroup = "keyd"
-	// CommandIDHeader lets a client make its retries idempotent.
-	CommandIDHeader = "Keyd-Command-Id"
 	// ErrorCodeHeader is set on error replies, so clients can branch without
 	// parsing the body.
 	ErrorCodeHeader = "Keyd-Error-Code"
@@ -93,8 +94,8 @@ func Parse(subject string) (org, name string, err error) {
 	parts := strings.Split(subject, ".")
 	switch {
 	case len(parts) == 5 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "keys":
-		if !domain.ValidOrgID(parts[3]) {
-			return "", "", domain.Errorf(domain.EInvalid, "organization id %q in the subject must match ^[A-Za-z0-9_-]{1,64}$", parts[3])
+		if err := domain.CheckOrgID(parts[3]); err != nil {
+			return "", "", err
 		}
 		if !commands.IsKeyCommand(parts[4]) {
 			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update or rotate", parts[4])
@@ -128,14 +129,16 @@ func (r *Responder) handle(m *nats.Msg) {
 	var body bytes.Buffer
 	enc := json.NewEncoder(&body)
 	enc.SetEscapeHTML(false) // NATS replies are not HTML: keep "<org>" readable
+	if err == nil {
+		if eerr := enc.Encode(reply); eerr != nil {
+			body.Reset()
+			err = domain.Wrap(eerr, domain.EInternal, "internal error")
+		}
+	}
 	if err != nil {
-		code := domain.ErrorCode(err)
-		_ = enc.Encode(errorReply{Error: errorBody{Code: code, Message: domain.ErrorMessage(err)}})
-		out.Header.Set(ErrorCodeHeader, code)
-	} else if err = enc.Encode(reply); err != nil {
-		body.Reset()
-		_ = enc.Encode(errorReply{Error: errorBody{Code: domain.EInternal, Message: "internal error"}})
-		out.Header.Set(ErrorCodeHeader, domain.EInternal)
+		r.logFailure(m.Subject, err)
+		_ = enc.Encode(domain.ErrorBodyOf(err))
+		out.Header.Set(ErrorCodeHeader, domain.ErrorCode(err))
 	}
 	out.Data = bytes.TrimRight(body.Bytes(), "\n")
 	if err := m.RespondMsg(out); err != nil {
@@ -143,26 +146,33 @@ func (r *Responder) handle(m *nats.Msg) {
 	}
 }
 
+// logFailure logs a failed command if it is internal or unavailable (the
+// others are the client's business), with its internal cause.
+func (r *Responder) logFailure(subject string, err error) {
+	code := domain.ErrorCode(err)
+	if code != domain.EInternal && code != domain.EUnavailable {
+		return
+	}
+	attrs := []slog.Attr{slog.String("subject", subject), slog.String("code", code), slog.Any("err", err)}
+	var de *domain.Error
+	if errors.As(err, &de) && de.Err != nil {
+		attrs = append(attrs, slog.Any("cause", de.Err))
+	}
+	r.Log.LogAttrs(context.Background(), slog.LevelError, "command failed", attrs...)
+}
+
 func (r *Responder) run(ctx context.Context, m *nats.Msg) (any, error) {
-	if len(m.Data) > domain.MaxCommandBytes {
-		return nil, domain.Errorf(domain.ETooLarge, "request is %d bytes; at most %d bytes are accepted", len(m.Data), domain.MaxCommandBytes)
+	// The size first: an oversized request is too_large on any subject.
+	if err := commands.CheckSize(m.Data); err != nil {
+		return nil, err
 	}
 	org, name, err := Parse(m.Subject)
 	if err != nil {
 		return nil, err
 	}
-	var o commands.Override
+	var t commands.Transport
 	if m.Header != nil {
-		o.CommandID = m.Header.Get(CommandIDHeader)
+		t.CommandID = m.Header.Get(commands.CommandIDHeader)
 	}
-	return r.Runner.Run(ctx, name, org, m.Data, o)
-}
-
-type errorReply struct {
-	Error errorBody `json:"error"`
-}
-
-type errorBody struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	return r.Runner.Run(ctx, name, org, m.Data, t)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"strings"
@@ -18,6 +19,7 @@ import (
 )
 
 func TestParse(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		subject, org, name, code string
 	}{
@@ -43,6 +45,7 @@ func TestParse(t *testing.T) {
 // gets one reply, errors carry their code in a header, publishes without a
 // reply subject run nothing, and in-flight requests finish on Stop.
 func TestResponder(t *testing.T) {
+	t.Parallel()
 	_, nc := testenv.JetStream(t)
 	mem := eventstore.NewMemory()
 	svc := &domain.Service{Store: mem, Idempotency: eventstore.NewMemoryIdempotency(),
@@ -66,7 +69,7 @@ func TestResponder(t *testing.T) {
 	if out, code := req("keyd.cmd.permissions.define", `{"slug":"a:b","description":"d"}`); code != "" || out["sequence"] != 1.0 {
 		t.Fatalf("define: %v %q", out, code)
 	}
-	if _, code := req("keyd.cmd.keys.org.create", `{"name":"`+strings.Repeat("x", domain.MaxCommandBytes)+`"}`); code != domain.ETooLarge {
+	if _, code := req("keyd.cmd.keys.org.create", `{"name":"`+strings.Repeat("x", commands.MaxBytes)+`"}`); code != domain.ETooLarge {
 		t.Fatalf("oversized: %q", code)
 	}
 	out, code := req("keyd.cmd.keys.org.nope", `{}`)
@@ -107,5 +110,44 @@ func TestResponder(t *testing.T) {
 	r.Stop(ctx)
 	if last, _ := mem.LastSequence(ctx); last != 52 {
 		t.Fatalf("stream holds %d events, want 52", last)
+	}
+}
+
+// TestResponderLogsUnavailableAndInternalOnly: the responder is the NATS
+// edge's one log of failed commands: an unavailable reply is logged, with its
+// cause; an invalid request is the client's business and is not.
+func TestResponderLogsUnavailableAndInternalOnly(t *testing.T) {
+	t.Parallel()
+	_, nc := testenv.JetStream(t)
+	svc := &domain.Service{Store: eventstore.NewMemory(), Idempotency: eventstore.NewMemoryIdempotency(),
+		Digester: domain.NewDigester([]byte("secret")), Now: time.Now, Rand: rand.Reader}
+	logs := &testenv.SyncBuffer{}
+	r := &Responder{Conn: nc, Log: slog.New(slog.NewTextHandler(logs, nil)), Runner: &commands.Runner{Service: svc,
+		WaitApplied: func(context.Context, uint64) error { return errors.New("verifier lagging behind") }}}
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop(context.Background()) })
+	req := func(subject, body string) string {
+		t.Helper()
+		m, err := nc.Request(subject, []byte(body), 5*time.Second)
+		if err != nil {
+			t.Fatalf("request %s: %v", subject, err)
+		}
+		return string(m.Data)
+	}
+	var created domain.CreateKeyResult
+	if err := json.Unmarshal([]byte(req("keyd.cmd.keys.org.create", `{"name":"k"}`)), &created); err != nil || created.Key.ID == "" {
+		t.Fatalf("create: %v", err)
+	}
+	req("keyd.cmd.keys.org.create", `{"name":5}`)
+	if strings.Contains(logs.String(), "command failed") {
+		t.Fatalf("an invalid request was logged: %s", logs)
+	}
+	if reply := req("keyd.cmd.keys.org.revoke", `{"key_id":"`+created.Key.ID+`"}`); !strings.Contains(reply, domain.EUnavailable) || strings.Contains(reply, "lagging") {
+		t.Fatalf("revoke with a lagging verifier: %s", reply)
+	}
+	if l := logs.String(); strings.Count(l, "command failed") != 1 || !strings.Contains(l, "verifier lagging behind") || !strings.Contains(l, "keyd.cmd.keys.org.revoke") {
+		t.Fatalf("want one log line for the unavailable revoke, with its cause:\n%s", l)
 	}
 }

@@ -10,20 +10,11 @@ import (
 	"github.com/keyd-dev/keyd/domain"
 )
 
-// unavailable is a database failure the caller can retry: the server could
-// not be reached or the connection broke. It is a domain unavailable error
-// (HTTP 503) that keeps its cause for the logs.
-type unavailable struct {
-	user  *domain.Error
-	cause error
-}
-
-func (e *unavailable) Error() string   { return e.user.Error() + ": " + e.cause.Error() }
-func (e *unavailable) Unwrap() []error { return []error{e.user, e.cause} }
-
-// classify marks err as unavailable when the database could not be reached
-// (connection refused or broken, server shutting down or refusing
-// connections, a timeout); other errors are returned as they are.
+// classify is the one PostgreSQL-specific step of error classification: a
+// failure to reach the database (connection refused or broken, server
+// shutting down or refusing connections, a timeout) becomes unavailable
+// (HTTP 503, retry), with err kept as its cause for the logs. Other errors
+// are returned as they are; the edge classifies them (domain.Classify).
 func classify(err error) error {
 	if err == nil {
 		return nil
@@ -39,7 +30,7 @@ func classify(err error) error {
 	case errors.As(err, &ce), errors.As(err, &ne), pgconn.Timeout(err),
 		errors.Is(err, context.DeadlineExceeded), pgconn.SafeToRetry(err),
 		errors.As(err, &pe) && (pe.Code[:2] == "08" || pe.Code[:2] == "57"):
-		return &unavailable{user: domain.Errorf(domain.EUnavailable, "the read models' database cannot be reached; retry shortly"), cause: err}
+		return domain.Wrap(err, domain.EUnavailable, "the read models' database cannot be reached; retry shortly")
 	}
 	return err
 }

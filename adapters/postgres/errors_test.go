@@ -15,6 +15,7 @@ import (
 // TestUnreachableDatabaseIsUnavailable: reads on a database nobody answers
 // for fail with code unavailable (HTTP 503, retry), keeping the cause.
 func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
+	t.Parallel()
 	pool, err := pgxpool.New(context.Background(), "postgres://postgres@127.0.0.1:1/keyd?sslmode=disable&connect_timeout=2")
 	if err != nil {
 		t.Fatal(err)
@@ -37,6 +38,7 @@ func TestUnreachableDatabaseIsUnavailable(t *testing.T) {
 }
 
 func TestClassifyLeavesOtherErrorsAlone(t *testing.T) {
+	t.Parallel()
 	for _, err := range []error{
 		errors.New("boom"),
 		&pgconn.PgError{Code: "42P01"},

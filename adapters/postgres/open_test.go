@@ -57,6 +57,7 @@ func newDatabaseURL(t *testing.T, prefix string) (dsn, name string) {
 }
 
 func TestOpenCreatesMissingDatabase(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t)
 	dsn, name := newDatabaseURL(t, "keyd_t")
 
@@ -82,6 +83,7 @@ func TestOpenCreatesMissingDatabase(t *testing.T) {
 }
 
 func TestOpenConcurrentCreate(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t)
 	dsn, _ := newDatabaseURL(t, "keyd_t")
 	var wg sync.WaitGroup
@@ -105,6 +107,7 @@ func TestOpenConcurrentCreate(t *testing.T) {
 }
 
 func TestOpenNoServer(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -130,6 +133,7 @@ func TestOpenNoServer(t *testing.T) {
 }
 
 func TestOpenErrorsHidePassword(t *testing.T) {
+	t.Parallel()
 	ctx := testCtx(t)
 	admin, err := url.Parse(testenv.PostgresAdminURL(t))
 	if err != nil {

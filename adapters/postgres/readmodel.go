@@ -2,13 +2,13 @@ package postgres
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"strconv"
 	"time"
 
@@ -16,11 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/migrations"
 )
-
-// CheckpointName is the projection_checkpoints row of the read models; the
-// projector writes it in the same transaction as the rows it changes.
-const CheckpointName = "read_models"
 
 // Limits of the list methods.
 const (
@@ -37,8 +34,8 @@ const (
 )
 
 // ReadModel reads the read models the projector keeps in PostgreSQL
-// (migrations/0001_read_models.sql), and records when keys were last used.
-// It is safe for concurrent use.
+// (migrations/0001_read_models.sql); verifiers write the keys' last use
+// (verifier.WriteLastUsed). It is safe for concurrent use.
 type ReadModel struct {
 	pool *pgxpool.Pool
 	now  func() time.Time
@@ -51,6 +48,31 @@ func NewReadModel(pool *pgxpool.Pool, now func() time.Time) *ReadModel {
 		now = time.Now
 	}
 	return &ReadModel{pool: pool, now: now}
+}
+
+// CheckKeyStatus returns invalid_argument unless status is one a KeyFilter
+// takes.
+func CheckKeyStatus(status string) error {
+	switch status {
+	case "", "all", domain.StatusActive, domain.StatusRevoked, domain.StatusExpired:
+		return nil
+	}
+	return domain.Errorf(domain.EInvalid, "status must be one of all, active, revoked or expired, got %q", status)
+}
+
+// CheckKeyLimit returns invalid_argument unless n is a page size of keys,
+// 1 to MaxKeyLimit.
+func CheckKeyLimit(n int) error { return checkLimit(n, MaxKeyLimit) }
+
+// CheckEventLimit returns invalid_argument unless n is a page size of
+// audit events, 1 to MaxEventLimit.
+func CheckEventLimit(n int) error { return checkLimit(n, MaxEventLimit) }
+
+func checkLimit(n, max int) error {
+	if n < 1 || n > max {
+		return domain.Errorf(domain.EInvalid, "limit must be between 1 and %d, got %d", max, n)
+	}
+	return nil
 }
 
 // KeyFilter selects a page of keys.
@@ -111,15 +133,16 @@ func utc(t *time.Time) *time.Time {
 // A key's status is judged at the ReadModel's clock: an active key whose
 // expires_at is at or before now is "expired".
 //
-// Errors: invalid_argument for an unknown status, a limit outside 1..100 or a
-// cursor that ListKeys did not return; other errors are database failures.
+// Errors: invalid_argument for an unknown status (CheckKeyStatus), a limit
+// outside 1..100 (CheckKeyLimit) or a cursor that ListKeys did not return;
+// other errors are database failures.
 func (r *ReadModel) ListKeys(ctx context.Context, org string, f KeyFilter) (keys []domain.KeyView, next string, err error) {
-	limit := f.Limit
-	switch {
-	case limit == 0:
-		limit = DefaultKeyLimit
-	case limit < 1 || limit > MaxKeyLimit:
-		return nil, "", domain.Errorf(domain.EInvalid, "limit must be between 1 and %d, got %d", MaxKeyLimit, f.Limit)
+	limit := cmp.Or(f.Limit, DefaultKeyLimit)
+	if err := CheckKeyLimit(limit); err != nil {
+		return nil, "", err
+	}
+	if err := CheckKeyStatus(f.Status); err != nil {
+		return nil, "", err
 	}
 	now := r.now()
 
@@ -136,8 +159,6 @@ func (r *ReadModel) ListKeys(ctx context.Context, org string, f KeyFilter) (keys
 	case domain.StatusExpired:
 		args = append(args, now)
 		q += " AND status = 'active' AND expires_at <= $2"
-	default:
-		return nil, "", domain.Errorf(domain.EInvalid, "status must be one of all, active, revoked or expired, got %q", f.Status)
 	}
 	if f.Cursor != "" {
 		after, ok := decodeCursor(f.Cursor)
@@ -207,14 +228,12 @@ func (r *ReadModel) GetKey(ctx context.Context, org, keyID string) (domain.KeyVi
 // nextAfter is the sequence of the last event returned, or after when none
 // is: pass it as the next call's after.
 //
-// Errors: invalid_argument for a limit out of range; other errors are
-// database failures.
+// Errors: invalid_argument for a limit out of range (CheckEventLimit); other
+// errors are database failures.
 func (r *ReadModel) ListEvents(ctx context.Context, org string, after uint64, limit int) (events []json.RawMessage, nextAfter uint64, err error) {
-	switch {
-	case limit == 0:
-		limit = DefaultEventLimit
-	case limit < 1 || limit > MaxEventLimit:
-		return nil, after, domain.Errorf(domain.EInvalid, "limit must be between 1 and %d, got %d", MaxEventLimit, limit)
+	limit = cmp.Or(limit, DefaultEventLimit)
+	if err := CheckEventLimit(limit); err != nil {
+		return nil, after, err
 	}
 	events = []json.RawMessage{}
 	if after >= math.MaxInt64 { // no bigint sequence lies above it
@@ -284,18 +303,11 @@ func (r *ReadModel) ListPermissions(ctx context.Context) ([]domain.Permission, e
 // AppliedSequence returns the last stream sequence the read models applied
 // (0 before the first). Errors are database failures.
 func (r *ReadModel) AppliedSequence(ctx context.Context) (uint64, error) {
-	var seq int64
-	err := r.pool.QueryRow(ctx, "SELECT last_seq FROM projection_checkpoints WHERE name = $1", CheckpointName).Scan(&seq)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
+	seq, err := migrations.AppliedSequence(ctx, r.pool)
 	if err != nil {
 		return 0, classify(fmt.Errorf("read the read models' applied sequence: %w", err))
 	}
-	if seq < 0 {
-		return 0, nil
-	}
-	return uint64(seq), nil
+	return seq, nil
 }
 
 // WaitForSequence waits until the read models have applied stream sequence
@@ -337,40 +349,4 @@ func (r *ReadModel) WaitForSequence(ctx context.Context, seq uint64, max time.Du
 		}
 		poll = min(2*poll, waitPollMax)
 	}
-}
-
-// RecordLastUsed sets keys' last_used_at to the given times, in one
-// statement, never moving a last_used_at backwards. Ids of keys not in the
-// read model are ignored. Errors are database failures.
-func (r *ReadModel) RecordLastUsed(ctx context.Context, used map[string]time.Time) error {
-	if len(used) == 0 {
-		return nil
-	}
-	ids := make([]string, 0, len(used))
-	for id := range used {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	times := make([]time.Time, len(ids))
-	for i, id := range ids {
-		times[i] = used[id].UTC()
-	}
-	// Rows are locked in key id order, so concurrent flushes of
-	// overlapping batches (several verifiers) cannot deadlock each other.
-	_, err := r.pool.Exec(ctx, `
-		WITH used AS (
-			SELECT * FROM unnest($1::text[], $2::timestamptz[]) AS u(key_id, at)
-		), locked AS (
-			SELECT k.key_id, used.at
-			FROM keys k JOIN used ON used.key_id = k.key_id
-			WHERE k.last_used_at IS NULL OR k.last_used_at < used.at
-			ORDER BY k.key_id
-			FOR UPDATE OF k
-		)
-		UPDATE keys k SET last_used_at = GREATEST(k.last_used_at, locked.at)
-		FROM locked WHERE k.key_id = locked.key_id`, ids, times)
-	if err != nil {
-		return classify(fmt.Errorf("record last use of %d keys: %w", len(ids), err))
-	}
-	return nil
 }

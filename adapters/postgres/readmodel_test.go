@@ -100,6 +100,7 @@ func ids(keys []domain.KeyView) []string {
 }
 
 func TestListKeysFilters(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	ctx := testCtx(t)
 
@@ -194,6 +195,7 @@ func TestListKeysFilters(t *testing.T) {
 }
 
 func TestListKeysInvalidArguments(t *testing.T) {
+	t.Parallel()
 	rm, _ := newReadModel(t)
 	ctx := testCtx(t)
 	for _, tc := range []struct {
@@ -260,6 +262,7 @@ func pageAll(t *testing.T, rm *ReadModel, org string, f KeyFilter, between func(
 }
 
 func TestListKeysPaging(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	want := insertKeys(t, pool, "org_a", clockNow.Add(-time.Hour), 23)
 	insertKeys(t, pool, "org_b", clockNow.Add(-time.Hour), 3)
@@ -294,6 +297,7 @@ func TestListKeysPaging(t *testing.T) {
 }
 
 func TestListKeysPagingStableWhileKeysAreCreated(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	existing := insertKeys(t, pool, "org_a", time.Now().Add(-time.Hour), 40)
 
@@ -356,6 +360,7 @@ func TestListKeysPagingStableWhileKeysAreCreated(t *testing.T) {
 }
 
 func TestGetKey(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	ctx := testCtx(t)
 	a := newKeyID(t, clockNow.Add(-time.Hour))
@@ -402,6 +407,7 @@ func insertEvent(t testing.TB, pool *pgxpool.Pool, seq int64, org string) {
 }
 
 func TestListEvents(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	ctx := testCtx(t)
 	// org_a has the odd sequences 1..9, org_b the even ones.
@@ -481,6 +487,7 @@ func TestListEvents(t *testing.T) {
 }
 
 func TestWithSequence(t *testing.T) {
+	t.Parallel()
 	for in, want := range map[string]string{
 		`{"id": "x"}`:  `{"sequence":7,"id": "x"}`,
 		` { "a": 1 } `: `{"sequence":7,"a": 1 }`,
@@ -504,6 +511,7 @@ func perm(slug, description, status string) domain.Permission {
 }
 
 func TestListPermissions(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	ctx := testCtx(t)
 
@@ -543,13 +551,14 @@ func TestListPermissions(t *testing.T) {
 func setCheckpoint(t testing.TB, pool *pgxpool.Pool, seq int64) {
 	t.Helper()
 	_, err := pool.Exec(context.Background(), `INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, $2)
-		ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq, updated_at = now()`, CheckpointName, seq)
+		ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq, updated_at = now()`, migrations.ReadModelsProjection, seq)
 	if err != nil {
 		t.Error(err)
 	}
 }
 
 func TestAppliedSequenceAndWait(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	ctx := testCtx(t)
 
@@ -615,87 +624,17 @@ func TestAppliedSequenceAndWait(t *testing.T) {
 	})
 }
 
-func lastUsed(t *testing.T, pool *pgxpool.Pool, id string) *time.Time {
-	t.Helper()
-	var at *time.Time
-	if err := pool.QueryRow(context.Background(), "SELECT last_used_at FROM keys WHERE key_id = $1", id).Scan(&at); err != nil {
-		t.Fatal(err)
-	}
-	return at
-}
-
-func TestRecordLastUsed(t *testing.T) {
+// TestGetKeyLastUsed: the last use verifiers write (verifier.WriteLastUsed,
+// tested there) reads back in UTC.
+func TestGetKeyLastUsed(t *testing.T) {
+	t.Parallel()
 	rm, pool := newReadModel(t)
 	ctx := testCtx(t)
-	t0 := clockNow.Add(-time.Hour)
-	never := newKeyID(t, t0)
-	before := newKeyID(t, t0.Add(time.Millisecond))
-	insertKey(t, pool, testKey{id: never, org: "org_a"})
-	insertKey(t, pool, testKey{id: before, org: "org_a", lastUsed: ptr(t0)})
-
-	if err := rm.RecordLastUsed(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
-	err := rm.RecordLastUsed(ctx, map[string]time.Time{
-		never:                 t0.Add(time.Minute),
-		before:                t0.Add(-time.Minute), // older than recorded: ignored
-		newKeyID(t, clockNow): clockNow,             // unknown key: ignored
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if at := lastUsed(t, pool, never); at == nil || !at.Equal(t0.Add(time.Minute)) {
-		t.Fatalf("last_used_at of %s = %v, want %v", never, at, t0.Add(time.Minute))
-	}
-	if at := lastUsed(t, pool, before); at == nil || !at.Equal(t0) {
-		t.Fatalf("last_used_at of %s = %v, want it kept at %v", before, at, t0)
-	}
-	if err := rm.RecordLastUsed(ctx, map[string]time.Time{before: t0.Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	if at := lastUsed(t, pool, before); at == nil || !at.Equal(t0.Add(time.Hour)) {
-		t.Fatalf("last_used_at of %s = %v, want %v", before, at, t0.Add(time.Hour))
-	}
-	k, err := rm.GetKey(ctx, "org_a", before)
-	if err != nil || k.LastUsedAt == nil || !k.LastUsedAt.Equal(t0.Add(time.Hour)) || k.LastUsedAt.Location() != time.UTC {
+	at := clockNow.Add(-time.Hour).In(time.FixedZone("east", 3*3600))
+	id := newKeyID(t, at)
+	insertKey(t, pool, testKey{id: id, org: "org_a", lastUsed: &at})
+	k, err := rm.GetKey(ctx, "org_a", id)
+	if err != nil || k.LastUsedAt == nil || !k.LastUsedAt.Equal(at) || k.LastUsedAt.Location() != time.UTC {
 		t.Fatalf("GetKey last_used_at = %v, %v", k.LastUsedAt, err)
-	}
-}
-
-func TestRecordLastUsedConcurrentOverlappingBatches(t *testing.T) {
-	rm, pool := newReadModel(t)
-	ctx := testCtx(t)
-	keys := insertKeys(t, pool, "org_a", clockNow.Add(-time.Hour), 50)
-
-	// Eight verifiers flush batches covering the same keys, each with its
-	// own times; the newest time wins and no flush fails (no deadlock).
-	var wg sync.WaitGroup
-	errs := make(chan error, 8*20)
-	for v := range 8 {
-		wg.Go(func() {
-			for round := range 20 {
-				batch := map[string]time.Time{}
-				for i, id := range keys {
-					if (i+v+round)%3 != 0 {
-						batch[id] = clockNow.Add(time.Duration(v*100+round) * time.Second)
-					}
-				}
-				if err := rm.RecordLastUsed(ctx, batch); err != nil {
-					errs <- err
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	var max time.Time
-	if err := pool.QueryRow(ctx, "SELECT max(last_used_at) FROM keys").Scan(&max); err != nil {
-		t.Fatal(err)
-	}
-	if want := clockNow.Add(719 * time.Second); !max.Equal(want) {
-		t.Fatalf("newest last_used_at %v, want %v", max, want)
 	}
 }

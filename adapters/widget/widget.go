@@ -54,9 +54,6 @@ var (
 	demoTemplate = template.Must(template.New("demo.html").Parse(demoHTML))
 )
 
-// Script returns the widget's JavaScript source.
-func Script() []byte { return bytes.Clone(script) }
-
 // ScriptHandler serves the widget script, cacheable for five minutes and
 // revalidated by ETag.
 func ScriptHandler() http.Handler {
