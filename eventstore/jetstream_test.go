@@ -5,14 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
-	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/eventstore/storetest"
+	"github.com/keyd-dev/keyd/internal/testenv"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -72,6 +72,7 @@ func newFixture(tb testing.TB, opts ...Option) *fixture {
 }
 
 func TestJetStreamConformance(t *testing.T) {
+	t.Parallel()
 	t.Run("DirectGet", func(t *testing.T) {
 		storetest.Run(t, func(t *testing.T) domain.EventStore { return newFixture(t).store })
 	})
@@ -80,8 +81,8 @@ func TestJetStreamConformance(t *testing.T) {
 	})
 }
 
-func appendOf(subject string, expected uint64, id, typ string) domain.Append {
-	return domain.Append{Subject: subject, ExpectedSequence: expected, MsgID: id, Type: typ, Data: []byte(`{"id":"` + id + `"}`)}
+func appendOf(subject string, expected uint64, id, typ string) domain.AppendMsg {
+	return domain.AppendMsg{Subject: subject, ExpectedSequence: expected, MsgID: id, Type: typ, Data: []byte(`{"id":"` + id + `"}`)}
 }
 
 // TestJetStreamHeaders checks what goes over the wire: a plain subscriber
@@ -89,6 +90,7 @@ func appendOf(subject string, expected uint64, id, typ string) domain.Append {
 // "the subject must be empty" is really asked of the server), and the stored
 // message keeps the event type and Msg-Id.
 func TestJetStreamHeaders(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := t.Context()
 	sub, err := f.nc.SubscribeSync(domain.EventSubjects)
@@ -152,6 +154,7 @@ func TestJetStreamHeaders(t *testing.T) {
 // TestJetStreamDuplicates pins down how this server answers repeats, and
 // what the store makes of each answer.
 func TestJetStreamDuplicates(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := t.Context()
 	subj := domain.KeySubject("o", "dup")
@@ -173,11 +176,11 @@ func TestJetStreamDuplicates(t *testing.T) {
 	// server checks the guard first and answers 10071.
 	_, err = pub(jetstream.WithExpectLastSequencePerSubject(0))
 	var apiErr *jetstream.APIError
-	if !errors.As(err, &apiErr) || apiErr.ErrorCode != codeWrongLastSeq {
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence {
 		t.Fatalf("guarded repeat: %v; want err_code 10071", err)
 	}
 	// Through the store: the retry is ErrConflict, nothing stored.
-	a := domain.Append{Subject: subj, ExpectedSequence: 0, MsgID: "d1", Type: domain.EventKeyCreated, Data: []byte("x")}
+	a := domain.AppendMsg{Subject: subj, ExpectedSequence: 0, MsgID: "d1", Type: domain.EventKeyCreated, Data: []byte("x")}
 	if _, err := f.store.Append(ctx, a); !errors.Is(err, domain.ErrConflict) {
 		t.Fatalf("store retry: %v; want ErrConflict", err)
 	}
@@ -208,6 +211,7 @@ func TestJetStreamDuplicates(t *testing.T) {
 // stream (as during a leader election), appends are retried, and land once
 // it is back; if it stays away the append fails with ErrUnavailable.
 func TestJetStreamRetriesWhileStreamIsAway(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, WithRetry(6, time.Second, 50*time.Millisecond))
 	ctx := t.Context()
 	for _, n := range []int{1, 2} {
@@ -220,7 +224,7 @@ func TestJetStreamRetriesWhileStreamIsAway(t *testing.T) {
 				_, err := EnsureStream(context.Background(), f.js, 1)
 				back <- err
 			})
-			var msgs []domain.Append
+			var msgs []domain.AppendMsg
 			for i := range n {
 				msgs = append(msgs, appendOf(domain.KeySubject("o", fmt.Sprintf("k%d", i)), 0, fmt.Sprintf("away-%d-%d", n, i), domain.EventKeyCreated))
 			}
@@ -265,6 +269,7 @@ func TestJetStreamRetriesWhileStreamIsAway(t *testing.T) {
 }
 
 func TestJetStreamLastSequence(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t)
 	ctx := t.Context()
 	if n, err := f.store.LastSequence(ctx); err != nil || n != 0 {
@@ -290,6 +295,7 @@ func checkStreamConfig(t *testing.T, cfg jetstream.StreamConfig, replicas int) {
 }
 
 func TestEnsureStream(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, t.TempDir())
 	_, js := connect(t, srv.ClientURL())
 	ctx := t.Context()
@@ -349,6 +355,7 @@ func TestEnsureStream(t *testing.T) {
 // TestEnsureStreamRefusedUpdate: a change the server cannot make to an
 // existing stream is an error, and the stream is left as it was.
 func TestEnsureStreamRefusedUpdate(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, t.TempDir())
 	_, js := connect(t, srv.ClientURL())
 	ctx := t.Context()
@@ -374,6 +381,7 @@ func TestEnsureStreamRefusedUpdate(t *testing.T) {
 // TestStreamSurvivesRestart: the stream, its configuration and its messages
 // are still there after the server restarts on the same store directory.
 func TestStreamSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := t.Context()
 	subj := domain.KeySubject("o", "k")
@@ -418,80 +426,6 @@ func TestStreamSurvivesRestart(t *testing.T) {
 	}
 }
 
-// freePorts returns n TCP ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	var ls []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	for _, l := range ls {
-		l.Close()
-	}
-	return ports
-}
-
-// startCluster starts a 3-node JetStream cluster on loopback and returns a
-// client URL list of all nodes.
-func startCluster(t *testing.T) ([]*server.Server, string) {
-	t.Helper()
-	ports := freePorts(t, 3)
-	var routes string
-	for i, p := range ports {
-		if i > 0 {
-			routes += ","
-		}
-		routes += fmt.Sprintf("nats://127.0.0.1:%d", p)
-	}
-	base := t.TempDir()
-	var srvs []*server.Server
-	var urls string
-	for i := range 3 {
-		s, err := server.NewServer(&server.Options{
-			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1,
-			JetStream: true, StoreDir: filepath.Join(base, fmt.Sprintf("n%d", i+1)),
-			Cluster: server.ClusterOpts{Name: "keyd-test", Host: "127.0.0.1", Port: ports[i]},
-			Routes:  server.RoutesFromStr(routes), NoSigs: true, NoLog: true,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-		srvs = append(srvs, s)
-	}
-	for i, s := range srvs {
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatal("cluster node not ready")
-		}
-		if i > 0 {
-			urls += ","
-		}
-		urls += s.ClientURL()
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		leader := false
-		for _, s := range srvs {
-			leader = leader || s.JetStreamIsLeader()
-		}
-		if leader {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no JetStream meta leader")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return srvs, urls
-}
-
 // TestJetStreamCluster runs the conformance suite on an R3 stream (where
 // conflicts may come back as 10164 and a retried append as a duplicate ack),
 // and checks that EnsureStream does not lower the replica count.
@@ -499,21 +433,29 @@ func TestJetStreamCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-node cluster")
 	}
-	_, urls := startCluster(t)
-	nc, js := connect(t, urls)
+	urls, _ := testenv.Cluster3(t) // returns once the meta leader is elected and every node current
+	nc, js := connect(t, strings.Join(urls, ","))
 	ctx := t.Context()
+	// ensure creates (or finds) the R3 stream and waits until it is usable
+	// through every node: a stream leader, current followers, and its
+	// interest spread over the routes. Without that wait, the first append
+	// or direct get of a freshly recreated stream could race its leader
+	// election and find no responder.
 	ensure := func(t *testing.T) jetstream.Stream {
 		t.Helper()
 		var st jetstream.Stream
 		var err error
-		for range 50 { // the meta leader may still be settling
+		for range 50 { // a deleted stream's assignment may still be going away
 			if st, err = EnsureStream(ctx, js, 3); err == nil {
-				return st
+				break
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		t.Fatalf("EnsureStream R3: %v", err)
-		return nil
+		if err != nil {
+			t.Fatalf("EnsureStream R3: %v", err)
+		}
+		testenv.StreamReady(t, urls, domain.StreamName, domain.KeySubject("ready", "probe"))
+		return st
 	}
 
 	t.Run("NoDowngrade", func(t *testing.T) {

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# Shared by scripts/test.sh and scripts/dev.sh: make sure Go, PostgreSQL and
-# (for browser tests) Chromium are there, installing what is missing with apt
-# on Debian/Ubuntu. Source it; it defines functions and changes nothing itself.
+# Shared by scripts/test.sh and scripts/dev.sh: make sure Go, PostgreSQL,
+# Node.js, curl and (for browser tests) Chromium are there, installing what is
+# missing with apt on Debian/Ubuntu. Source it; it defines functions and
+# changes nothing itself.
 #
 # Knobs (environment):
 #   KEYD_GO_VERSION   Go toolchain to fetch when no Go >= go.mod's is found (default 1.26.8)
@@ -78,12 +79,14 @@ ensure_go() {
 	if [ ! -s /etc/ssl/certs/ca-certificates.crt ] && command -v apt-get >/dev/null 2>&1; then
 		apt_install ca-certificates
 	fi
-	local cand
-	for cand in "$(command -v go 2>/dev/null || true)" /usr/local/go/bin/go "$modcache/$mod/bin/go"; do
+	local cand onpath
+	onpath="$(command -v go 2>/dev/null || true)"
+	for cand in "$onpath" /usr/local/go/bin/go "$modcache/$mod/bin/go"; do
 		if [ -n "$cand" ] && go_ok "$cand"; then
 			PATH="$(dirname "$cand"):$PATH"
 			export PATH
 			log "Go: $cand ($(GOTOOLCHAIN=local go env GOVERSION))"
+			[ "$cand" = "$onpath" ] || link_go "$(dirname "$cand")"
 			return 0
 		fi
 	done
@@ -119,7 +122,29 @@ ensure_go() {
 	go_ok "$dir/bin/go" || die "$dir/bin/go does not run"
 	PATH="$dir/bin:$PATH"
 	export PATH
-	log "Go: $dir/bin/go ($(GOTOOLCHAIN=local go env GOVERSION)); to use it in your shell: export PATH=$dir/bin:\$PATH"
+	log "Go: $dir/bin/go ($(GOTOOLCHAIN=local go env GOVERSION))"
+	link_go "$dir/bin"
+}
+
+# link_go BIN: make the go and gofmt in directory BIN the ones a new shell
+# finds, with symlinks in /usr/local/bin (on every user's default PATH; the
+# go command follows the link to find its GOROOT). A /usr/local/bin/go that
+# is not a symlink (someone else's) is left alone, and then the way to use
+# this Go is printed instead.
+link_go() {
+	local bin="$1" name target
+	for name in go gofmt; do
+		target="/usr/local/bin/$name"
+		if [ -e "$target" ] && [ ! -L "$target" ]; then
+			log "$target exists and is not a link; to use $bin/$name in your shell: export PATH=$bin:\$PATH"
+			continue
+		fi
+		if [ "$(readlink "$target" 2>/dev/null || true)" != "$bin/$name" ]; then
+			as_root mkdir -p /usr/local/bin
+			as_root ln -sfn "$bin/$name" "$target"
+			log "Linked $target -> $bin/$name, so new shells find $name"
+		fi
+	done
 }
 
 # The module cache is the user's own, so chmod normally needs no root.
@@ -202,6 +227,31 @@ ensure_postgres() {
   Its log: /var/log/postgresql/postgresql-$ver-$name.log
   Something else may hold the port; or point the scripts at a server of your own
   (KEYD_TEST_DATABASE_URL for tests, KEYD_DATABASE_URL for dev)."
+}
+
+# ---- Other tools --------------------------------------------------------------
+
+# ensure_cmd CMD PKG...: install the Debian packages PKG... unless CMD is
+# on PATH.
+ensure_cmd() {
+	local cmd="$1"
+	shift
+	if command -v "$cmd" >/dev/null 2>&1; then
+		return 0
+	fi
+	log "No $cmd; installing $*"
+	apt_install "$@"
+}
+
+# ensure_node: Node.js and npm, for the widget's JavaScript tests (node
+# --check, node --test). Debian 12's nodejs (18) is recent enough.
+ensure_node() {
+	if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+		log "Node.js: $(command -v node) ($(node --version))"
+		return 0
+	fi
+	log "No Node.js or npm; the widget's JavaScript tests need them"
+	apt_install nodejs npm
 }
 
 # ---- Chromium (browser tests) ----------------------------------------------

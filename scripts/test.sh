@@ -6,8 +6,9 @@
 #   ./scripts/test.sh ./internal/...  vet, test and fuzz only these packages (no benchmark)
 #
 # Meant for a fresh Debian 12 machine as root (or with sudo): it installs what
-# is missing (a Go toolchain, a C compiler for -race, PostgreSQL, Chromium)
-# and starts PostgreSQL.
+# is missing (a Go toolchain, linked into /usr/local/bin; a C compiler for
+# -race; PostgreSQL; Node.js and npm for the widget's JavaScript tests;
+# Chromium) and starts PostgreSQL.
 # When everything is there already it just runs the checks.
 #
 # Environment:
@@ -59,11 +60,17 @@ else
 	ensure_postgres
 	export KEYD_TEST_DATABASE_URL="$KEYD_PG_ADMIN_URL"
 fi
+ensure_node
 if [ "${KEYD_BROWSER_TESTS:-1}" != 0 ]; then
 	ensure_chromium
 fi
 
 # ---- checks ----
+# The first run downloads the modules and compiles everything (nats-server
+# included) for a few silent minutes.
+if [ ! -d "$(go env GOMODCACHE)/github.com/nats-io" ]; then
+	log "First run: go vet downloads the modules and compiles everything, a few minutes without output"
+fi
 step "go vet ${PKGS[*]}" go vet "${PKGS[@]}"
 step "go test -race ${PKGS[*]}" go test -race -count=1 -timeout 30m "${PKGS[@]}"
 

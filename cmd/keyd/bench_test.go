@@ -24,6 +24,9 @@ import (
 // contract's fields, that the table lists them, and that the run left no
 // database and no temporary directory behind. It keeps the benchmarks
 // from rotting; the figures themselves are not checked.
+//
+// It stays serial: it sets TMPDIR (t.Setenv) and the package's bench hooks,
+// which the parallel tests' processes would otherwise see.
 func TestBenchQuick(t *testing.T) {
 	benchExecutable = mustBuild(t) // a test binary cannot be run as keyd serve
 	benchTweak = func(o *bench.Options) {
@@ -46,7 +49,7 @@ func TestBenchQuick(t *testing.T) {
 	admin := testenv.PostgresAdminURL(t)
 	out := filepath.Join(tmp, "results", "bench.jsonl")
 
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &testenv.SyncBuffer{}, &testenv.SyncBuffer{}
 	m := NewMain(stdout, stderr, func(k string) string {
 		if k == "KEYD_DATABASE_URL" {
 			return admin
@@ -151,7 +154,8 @@ func TestBenchQuick(t *testing.T) {
 // TestBenchHelp: `keyd bench --help` exits 0 (scripts/test.sh runs the
 // quick benchmark when it does) and lists every scenario.
 func TestBenchHelp(t *testing.T) {
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	t.Parallel()
+	stdout, stderr := &testenv.SyncBuffer{}, &testenv.SyncBuffer{}
 	m := NewMain(stdout, stderr, func(string) string { return "" })
 	if err := m.Run(context.Background(), []string{"bench", "--help"}); err != nil {
 		t.Fatalf("keyd bench --help: %v", err)

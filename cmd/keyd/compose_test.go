@@ -17,6 +17,7 @@ import (
 // configuration files it mounts are accepted by nats-server's own parser and
 // form a three-node JetStream cluster; the Dockerfile it builds exists.
 func TestDockerCompose(t *testing.T) {
+	t.Parallel()
 	root := filepath.Join("..", "..")
 	raw, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
 	if err != nil {
@@ -78,9 +79,26 @@ func TestDockerCompose(t *testing.T) {
 				t.Errorf("%s: parsed replicas %d, NATS URL %q", name, c.StreamReplicas, c.NATSURL)
 			}
 		case strings.HasPrefix(svc.Image, "nats:"):
+			// The configuration reads its passwords from the environment
+			// compose gives the server. (os.Setenv, as t.Setenv refuses a
+			// parallel test: only this test and the TestNATSLayout* tests, which are
+			// not parallel and so never run beside it, read these.)
+			for k, v := range svc.Environment {
+				prev, had := os.LookupEnv(k)
+				os.Setenv(k, interp.ReplaceAllString(v, "x"+strings.Repeat("0", 40)))
+				t.Cleanup(func() {
+					if had {
+						os.Setenv(k, prev)
+					} else {
+						os.Unsetenv(k)
+					}
+				})
+			}
 			for _, v := range svc.Volumes {
-				host, _, ok := strings.Cut(v, ":")
-				if !ok || !strings.HasSuffix(host, ".conf") {
+				host, container, ok := strings.Cut(v, ":")
+				// Only the file the server is started with (-c); the
+				// others are its includes.
+				if !ok || !strings.HasSuffix(host, ".conf") || len(svc.Command) < 2 || strings.TrimSuffix(container, ":ro") != svc.Command[1] {
 					continue
 				}
 				natsServers++

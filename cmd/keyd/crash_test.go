@@ -27,6 +27,7 @@ import (
 // every acknowledged key is listed exactly once and that the tables equal a
 // fresh rebuild from the stream.
 func TestProjectorCrash(t *testing.T) {
+	t.Parallel()
 	ns, _ := testenv.JetStream(t)
 	natsURL := ns.ClientURL()
 	db := testenv.PostgresURL(t)
@@ -128,7 +129,7 @@ func TestProjectorCrash(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	st, _ := js.Stream(ctx, "KEYD_EVENTS")
 	info, _ := st.Info(ctx)
-	waitFor(t, 20*time.Second, func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the restarted projector to reach the stream's last sequence", func() bool {
 		var seq uint64
 		_ = conn.QueryRow(ctx, `SELECT last_seq FROM projection_checkpoints WHERE name = 'read_models'`).Scan(&seq)
 		return seq >= info.State.LastSeq

@@ -19,31 +19,20 @@ import (
 	"github.com/keyd-dev/keyd/internal/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
-
-// syncBuffer is an io.Writer safe for concurrent use (the process's logs).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// TestMain runs the tests, then removes the keyd binary mustBuild built
+// (about 50 MB) and stops the private PostgreSQL server, if any.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	removeBuild()
+	testenv.StopPrivatePostgres()
+	os.Exit(code)
 }
 
 // running is a keyd process started by a test through the real Main.
 type running struct {
 	App    *App
-	Stdout *syncBuffer
-	Stderr *syncBuffer
+	Stdout *testenv.SyncBuffer
+	Stderr *testenv.SyncBuffer
 	stop   func()
 }
 
@@ -51,7 +40,7 @@ type running struct {
 // it is serving. The process is stopped at cleanup (or by r.Stop()).
 func MustStart(t *testing.T, env map[string]string, args ...string) *running {
 	t.Helper()
-	r := &running{Stdout: &syncBuffer{}, Stderr: &syncBuffer{}}
+	r := &running{Stdout: &testenv.SyncBuffer{}, Stderr: &testenv.SyncBuffer{}}
 	m := NewMain(r.Stdout, r.Stderr, func(k string) string { return env[k] })
 	started := make(chan *App, 1)
 	m.Started = func(a *App) { started <- a }
@@ -171,6 +160,7 @@ func httpDo(t *testing.T, method, url, token string, body any) (int, map[string]
 // keyd dev wiring, restarts it, and then checks that no issued secret is in
 // any stored byte (JetStream files, Postgres rows, logs).
 func TestDevEndToEnd(t *testing.T) {
+	t.Parallel()
 	data := t.TempDir()
 	db := testenv.PostgresURL(t)
 	r := MustStart(t, nil, devArgs(data, db)...)
@@ -183,132 +173,160 @@ func TestDevEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	mustOK(t, request(t, nc, "keyd.cmd.permissions.define", `{"slug":"posts:read","description":"Read posts"}`))
-	def := mustOK(t, request(t, nc, "keyd.cmd.permissions.define", `{"slug":"posts:write","description":"Write posts"}`))
-	if p, _ := def["permission"].(map[string]any); p["status"] != "active" || p["slug"] != "posts:write" {
-		t.Fatalf("define reply: %v", def)
+	// Each step needs the ones before it: the first that fails ends the
+	// scenario.
+	var secret, keyID string
+	if !t.Run("define and create", func(t *testing.T) {
+		mustOK(t, request(t, nc, "keyd.cmd.permissions.define", `{"slug":"posts:read","description":"Read posts"}`))
+		def := mustOK(t, request(t, nc, "keyd.cmd.permissions.define", `{"slug":"posts:write","description":"Write posts"}`))
+		if p, _ := def["permission"].(map[string]any); p["status"] != "active" || p["slug"] != "posts:write" {
+			t.Fatalf("define reply: %v", def)
+		}
+
+		created := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.create", map[string]any{
+			"name": "CI deploy", "permissions": []string{"posts:read"}, "metadata": map[string]string{"team": "infra"},
+			"actor": map[string]string{"type": "user", "id": "user_7"},
+		}))
+		secret, _ = created["secret"].(string)
+		if !strings.HasPrefix(secret, "sk_") {
+			t.Fatalf("create reply has no secret: %v", created)
+		}
+		secrets = append(secrets, secret)
+		k := keyOf(created)
+		keyID, _ = k["id"].(string)
+		for _, f := range []string{"id", "org_id", "name", "owner", "mask", "permissions", "status", "created_at", "expires_at", "revoked_at", "last_used_at", "metadata", "version"} {
+			if _, ok := k[f]; !ok {
+				t.Errorf("KeyView lacks %q: %v", f, k)
+			}
+		}
+		if k["status"] != "active" || k["mask"] != "sk_…"+secret[len(secret)-4:] || k["version"] != 1.0 {
+			t.Fatalf("created key: %v", k)
+		}
+		if created["sequence"].(float64) < 3 {
+			t.Fatalf("sequence: %v", created["sequence"])
+		}
+	}) {
+		return
 	}
 
-	created := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.create", map[string]any{
-		"name": "CI deploy", "permissions": []string{"posts:read"}, "metadata": map[string]string{"team": "infra"},
-		"actor": map[string]string{"type": "user", "id": "user_7"},
-	}))
-	secret, _ := created["secret"].(string)
-	if !strings.HasPrefix(secret, "sk_") {
-		t.Fatalf("create reply has no secret: %v", created)
-	}
-	secrets = append(secrets, secret)
-	k := keyOf(created)
-	keyID, _ := k["id"].(string)
-	for _, f := range []string{"id", "org_id", "name", "owner", "mask", "permissions", "status", "created_at", "expires_at", "revoked_at", "last_used_at", "metadata", "version"} {
-		if _, ok := k[f]; !ok {
-			t.Errorf("KeyView lacks %q: %v", f, k)
+	if !t.Run("bad input gets a structured error and appends nothing", func(t *testing.T) {
+		before, _ := r.App.Store.LastSequence(context.Background())
+		for _, tc := range []struct{ subject, payload, code string }{
+			{"keyd.cmd.keys.org_1.create", `{"name":`, "invalid_argument"},
+			{"keyd.cmd.keys.org_1.create", `{"name":"x","bogus":1}`, "invalid_argument"},
+			{"keyd.cmd.keys.org_1.create", `{"name":5}`, "invalid_argument"},
+			{"keyd.cmd.keys.org_1.create", `{"name":"x","permissions":["posts:delete"]}`, "invalid_argument"},
+			{"keyd.cmd.keys.org_1.create", `{"name":"x","expires_at":"2001-01-01T00:00:00Z"}`, "invalid_argument"},
+			{"keyd.cmd.keys.org_1.explode", `{}`, "invalid_argument"},
+			{"keyd.cmd.keys.org_1.revoke", `{"key_id":"nope"}`, "invalid_argument"},
+			{"keyd.cmd.keys.org_1.revoke", `{"key_id":"key_01ARZ3NDEKTSV4RRFFQ69G5FAV"}`, "not_found"},
+			{"keyd.cmd.keys.org_2.revoke", `{"key_id":"` + keyID + `"}`, "not_found"},
+			{"keyd.cmd.keys.org_1.create", `{"name":"` + strings.Repeat("x", 70<<10) + `"}`, "too_large"},
+			{"keyd.cmd.permissions.retire", `{"slug":"nope:nope"}`, "not_found"},
+		} {
+			if got := errCode(request(t, nc, tc.subject, tc.payload)); got != tc.code {
+				t.Errorf("%s %.60s: code %q, want %q", tc.subject, tc.payload, got, tc.code)
+			}
 		}
-	}
-	if k["status"] != "active" || k["mask"] != "sk_…"+secret[len(secret)-4:] || k["version"] != 1.0 {
-		t.Fatalf("created key: %v", k)
-	}
-	if created["sequence"].(float64) < 3 {
-		t.Fatalf("sequence: %v", created["sequence"])
+		if after, _ := r.App.Store.LastSequence(context.Background()); after != before {
+			t.Fatalf("bad commands appended events: %d -> %d", before, after)
+		}
+	}) {
+		return
 	}
 
-	// Bad input gets a structured error and appends nothing.
-	before, _ := r.App.Store.LastSequence(context.Background())
-	for _, tc := range []struct{ subject, payload, code string }{
-		{"keyd.cmd.keys.org_1.create", `{"name":`, "invalid_argument"},
-		{"keyd.cmd.keys.org_1.create", `{"name":"x","bogus":1}`, "invalid_argument"},
-		{"keyd.cmd.keys.org_1.create", `{"name":5}`, "invalid_argument"},
-		{"keyd.cmd.keys.org_1.create", `{"name":"x","permissions":["posts:delete"]}`, "invalid_argument"},
-		{"keyd.cmd.keys.org_1.create", `{"name":"x","expires_at":"2001-01-01T00:00:00Z"}`, "invalid_argument"},
-		{"keyd.cmd.keys.org_1.explode", `{}`, "invalid_argument"},
-		{"keyd.cmd.keys.org_1.revoke", `{"key_id":"nope"}`, "invalid_argument"},
-		{"keyd.cmd.keys.org_1.revoke", `{"key_id":"key_01ARZ3NDEKTSV4RRFFQ69G5FAV"}`, "not_found"},
-		{"keyd.cmd.keys.org_2.revoke", `{"key_id":"` + keyID + `"}`, "not_found"},
-		{"keyd.cmd.keys.org_1.create", `{"name":"` + strings.Repeat("x", 70<<10) + `"}`, "too_large"},
-		{"keyd.cmd.permissions.retire", `{"slug":"nope:nope"}`, "not_found"},
-	} {
-		if got := errCode(request(t, nc, tc.subject, tc.payload)); got != tc.code {
-			t.Errorf("%s %.60s: code %q, want %q", tc.subject, tc.payload, got, tc.code)
+	if !t.Run("set permissions, update, rotate, revoke", func(t *testing.T) {
+		sp := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.set_permissions", map[string]any{"key_id": keyID, "permissions": []string{"posts:read", "posts:write"}, "expected_version": 1}))
+		if keyOf(sp)["version"] != 2.0 {
+			t.Fatalf("set_permissions: %v", sp)
 		}
-	}
-	if after, _ := r.App.Store.LastSequence(context.Background()); after != before {
-		t.Fatalf("bad commands appended events: %d -> %d", before, after)
+		if got := errCode(request(t, nc, "keyd.cmd.keys.org_1.set_permissions", map[string]any{"key_id": keyID, "permissions": []string{}, "expected_version": 1})); got != "conflict" {
+			t.Fatalf("stale expected_version: %q", got)
+		}
+		up := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.update", map[string]any{"key_id": keyID, "name": "CI deploy (prod)"}))
+		if keyOf(up)["name"] != "CI deploy (prod)" {
+			t.Fatalf("update: %v", up)
+		}
+		rot := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.rotate", map[string]any{"key_id": keyID, "grace_period_seconds": 3600}))
+		newSecret, _ := rot["secret"].(string)
+		secrets = append(secrets, newSecret)
+		newKey := keyOf(rot)
+		prev, _ := rot["previous"].(map[string]any)
+		if newSecret == "" || newSecret == secret || newKey["name"] != "CI deploy (prod)" || prev["expires_at"] == nil || prev["id"] != keyID {
+			t.Fatalf("rotate: %v", rot)
+		}
+		rev := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.revoke", map[string]any{"key_id": keyID, "reason": "rotated out"}))
+		if keyOf(rev)["status"] != "revoked" {
+			t.Fatalf("revoke: %v", rev)
+		}
+		rev2 := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.revoke", map[string]any{"key_id": keyID}))
+		if rev2["sequence"] != rev["sequence"] {
+			t.Fatalf("second revoke appended: %v vs %v", rev2["sequence"], rev["sequence"])
+		}
+		if got := errCode(request(t, nc, "keyd.cmd.keys.org_1.rotate", map[string]any{"key_id": keyID, "grace_period_seconds": 0})); got != "failed_precondition" {
+			t.Fatalf("rotate revoked key: %q", got)
+		}
+	}) {
+		return
 	}
 
-	sp := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.set_permissions", map[string]any{"key_id": keyID, "permissions": []string{"posts:read", "posts:write"}, "expected_version": 1}))
-	if keyOf(sp)["version"] != 2.0 {
-		t.Fatalf("set_permissions: %v", sp)
-	}
-	if got := errCode(request(t, nc, "keyd.cmd.keys.org_1.set_permissions", map[string]any{"key_id": keyID, "permissions": []string{}, "expected_version": 1})); got != "conflict" {
-		t.Fatalf("stale expected_version: %q", got)
-	}
-	up := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.update", map[string]any{"key_id": keyID, "name": "CI deploy (prod)"}))
-	if keyOf(up)["name"] != "CI deploy (prod)" {
-		t.Fatalf("update: %v", up)
-	}
-	rot := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.rotate", map[string]any{"key_id": keyID, "grace_period_seconds": 3600}))
-	newSecret, _ := rot["secret"].(string)
-	secrets = append(secrets, newSecret)
-	newKey := keyOf(rot)
-	prev, _ := rot["previous"].(map[string]any)
-	if newSecret == "" || newSecret == secret || newKey["name"] != "CI deploy (prod)" || prev["expires_at"] == nil || prev["id"] != keyID {
-		t.Fatalf("rotate: %v", rot)
-	}
-	rev := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.revoke", map[string]any{"key_id": keyID, "reason": "rotated out"}))
-	if keyOf(rev)["status"] != "revoked" {
-		t.Fatalf("revoke: %v", rev)
-	}
-	rev2 := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.revoke", map[string]any{"key_id": keyID}))
-	if rev2["sequence"] != rev["sequence"] {
-		t.Fatalf("second revoke appended: %v vs %v", rev2["sequence"], rev["sequence"])
-	}
-	if got := errCode(request(t, nc, "keyd.cmd.keys.org_1.rotate", map[string]any{"key_id": keyID, "grace_period_seconds": 0})); got != "failed_precondition" {
-		t.Fatalf("rotate revoked key: %q", got)
-	}
-
-	// The audit stream delivered every key event of org_1, in order.
-	wantTypes := []string{"key.created", "key.permissions_changed", "key.updated", "key.created", "key.rotated", "key.revoked"}
-	var gotTypes []string
-	for range wantTypes {
-		m, err := audit.NextMsg(5 * time.Second)
-		if err != nil {
-			t.Fatalf("audit stream after %v: %v", gotTypes, err)
+	if !t.Run("the audit stream delivered every key event of org_1, in order", func(t *testing.T) {
+		wantTypes := []string{"key.created", "key.permissions_changed", "key.updated", "key.created", "key.rotated", "key.revoked"}
+		var gotTypes []string
+		for range wantTypes {
+			m, err := audit.NextMsg(5 * time.Second)
+			if err != nil {
+				t.Fatalf("audit stream after %v: %v", gotTypes, err)
+			}
+			gotTypes = append(gotTypes, m.Header.Get("Keyd-Event-Type"))
+			var env map[string]any
+			if err := json.Unmarshal(m.Data, &env); err != nil || env["type"] != m.Header.Get("Keyd-Event-Type") {
+				t.Fatalf("audit event: %s", m.Data)
+			}
 		}
-		gotTypes = append(gotTypes, m.Header.Get("Keyd-Event-Type"))
-		var env map[string]any
-		if err := json.Unmarshal(m.Data, &env); err != nil || env["type"] != m.Header.Get("Keyd-Event-Type") {
-			t.Fatalf("audit event: %s", m.Data)
+		if strings.Join(gotTypes, ",") != strings.Join(wantTypes, ",") {
+			t.Fatalf("audit types %v, want %v", gotTypes, wantTypes)
 		}
-	}
-	if strings.Join(gotTypes, ",") != strings.Join(wantTypes, ",") {
-		t.Fatalf("audit types %v, want %v", gotTypes, wantTypes)
+	}) {
+		return
 	}
 
 	// Idempotency keys hold across a restart.
 	idem := map[string]any{"name": "once", "idempotency_key": "req-42"}
-	first := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.create", idem))
-	secrets = append(secrets, first["secret"].(string))
-	again := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.create", idem))
-	if keyOf(again)["id"] != keyOf(first)["id"] || again["secret"] != nil {
-		t.Fatalf("idempotent create: %v vs %v", again, first)
+	var first map[string]any
+	if !t.Run("an idempotency key repeats the create", func(t *testing.T) {
+		first = mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.create", idem))
+		secrets = append(secrets, first["secret"].(string))
+		again := mustOK(t, request(t, nc, "keyd.cmd.keys.org_1.create", idem))
+		if keyOf(again)["id"] != keyOf(first)["id"] || again["secret"] != nil {
+			t.Fatalf("idempotent create: %v vs %v", again, first)
+		}
+	}) {
+		return
 	}
 	r.Stop()
 	r2 := MustStart(t, nil, devArgs(data, db)...)
 	nc2 := connect(t, r2.App.NATSURL)
-	third := mustOK(t, request(t, nc2, "keyd.cmd.keys.org_1.create", idem))
-	if keyOf(third)["id"] != keyOf(first)["id"] || third["secret"] != nil {
-		t.Fatalf("idempotent create after restart: %v", third)
+	if !t.Run("after a restart the key and the kept admin token hold", func(t *testing.T) {
+		third := mustOK(t, request(t, nc2, "keyd.cmd.keys.org_1.create", idem))
+		if keyOf(third)["id"] != keyOf(first)["id"] || third["secret"] != nil {
+			t.Fatalf("idempotent create after restart: %v", third)
+		}
+		// The admin token and secret were kept under --data.
+		if !strings.Contains(r2.Stdout.String(), strings.TrimSpace(readFile(t, filepath.Join(data, "admin-token")))) {
+			t.Fatalf("restart did not reuse the kept admin token:\n%s", r2.Stdout.String())
+		}
+	}) {
+		return
 	}
-	// The admin token and secret were kept under --data.
-	if !strings.Contains(r2.Stdout.String(), strings.TrimSpace(readFile(t, filepath.Join(data, "admin-token")))) {
-		t.Fatalf("restart did not reuse the kept admin token:\n%s", r2.Stdout.String())
-	}
-	dump := dumpDatabase(t, r2.App)
-	r2.Stop()
 
 	// No secret in any stored byte: JetStream files, every row of every
 	// table in Postgres, logs.
-	assertNoSecrets(t, secrets, data, r.Stderr.String()+r2.Stderr.String()+dump)
+	t.Run("no secret in any stored byte", func(t *testing.T) {
+		dump := dumpDatabase(t, r2.App)
+		r2.Stop()
+		assertNoSecrets(t, secrets, data, r.Stderr.String()+r2.Stderr.String()+dump)
+	})
 }
 
 // dumpDatabase returns every row of every table of the public schema as
@@ -402,6 +420,7 @@ func assertNoSecrets(t *testing.T, secrets []string, dir, text string) {
 // directory (a new, empty stream) on a database holding the read models of
 // an older stream rebuilds them from the stream at hand and is ready.
 func TestDevWithANewDataDirectory(t *testing.T) {
+	t.Parallel()
 	db := testenv.PostgresURL(t)
 	r := MustStart(t, nil, devArgs(t.TempDir(), db)...)
 	token := strings.TrimSpace(r.App.cfg.AdminToken)
@@ -418,7 +437,7 @@ func TestDevWithANewDataDirectory(t *testing.T) {
 	r2 := MustStart(t, nil, devArgs(t.TempDir(), db)...)
 	base2 := "http://" + r2.App.HTTPAddr
 	token2 := r2.App.cfg.AdminToken
-	waitFor(t, 10*time.Second, func() bool { st, _, _ := httpDo(t, "GET", base2+"/readyz", "", nil); return st == 200 })
+	testenv.WaitFor(t, 10*time.Second, "keyd dev on the new data directory to be ready", func() bool { st, _, _ := httpDo(t, "GET", base2+"/readyz", "", nil); return st == 200 })
 	st, out, _ := httpDo(t, "GET", base2+"/v1/orgs/acme/keys", token2, nil)
 	if st != 200 || len(out["data"].([]any)) != 0 {
 		t.Fatalf("keys of the old stream are still listed: %d %v", st, out)

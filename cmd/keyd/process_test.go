@@ -13,16 +13,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyd-dev/keyd/internal/testenv"
 )
 
 var (
 	buildOnce sync.Once
+	buildDir  string
 	buildPath string
 	buildErr  error
 )
 
 // mustBuild builds the keyd binary once per test run (tests that need a
-// real OS process: SIGKILL, two processes side by side).
+// real OS process: SIGKILL, two processes side by side). TestMain removes
+// it (removeBuild) when the tests are done.
 func mustBuild(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -31,7 +35,7 @@ func mustBuild(t *testing.T) string {
 			buildErr = err
 			return
 		}
-		buildPath = filepath.Join(dir, "keyd")
+		buildDir, buildPath = dir, filepath.Join(dir, "keyd")
 		out, err := exec.Command("go", "build", "-race", "-o", buildPath, ".").CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
@@ -43,10 +47,19 @@ func mustBuild(t *testing.T) string {
 	return buildPath
 }
 
+// removeBuild removes the directory mustBuild built keyd into, if it did.
+// Every process run from it has stopped by then (each test's cleanup
+// stops its own).
+func removeBuild() {
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+}
+
 // proc is a keyd OS process started by a test.
 type proc struct {
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testenv.SyncBuffer
 	HTTP string // base URL
 	done chan struct{}
 }
@@ -75,7 +88,7 @@ func launchServe(t *testing.T, natsURL, dbURL, token, secret string, extra ...st
 	t.Helper()
 	bin := mustBuild(t)
 	addr := freeAddr(t)
-	p := &proc{logs: &syncBuffer{}, HTTP: "http://" + addr, done: make(chan struct{})}
+	p := &proc{logs: &testenv.SyncBuffer{}, HTTP: "http://" + addr, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, append([]string{"serve", "--http", addr}, extra...)...)
 	p.cmd.Env = append(os.Environ(),
 		"KEYD_NATS_URL="+natsURL, "KEYD_DATABASE_URL="+dbURL,

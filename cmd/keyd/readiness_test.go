@@ -18,6 +18,7 @@ import (
 // has been cut off longer than --verifier-max-staleness; both recover by
 // themselves.
 func TestReadinessFollowsDependencies(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	opts := testenv.JetStreamOptions(dir)
 	ns := testenv.RunServer(t, opts)
@@ -27,17 +28,14 @@ func TestReadinessFollowsDependencies(t *testing.T) {
 		"serve", "--http", "127.0.0.1:0", "--nats-url", ns.ClientURL(), "--database-url", db,
 		"--verifier-max-staleness", "500ms")
 	base := "http://" + r.App.HTTPAddr
-	ready := func() int {
+	ready := func(t *testing.T) int {
+		t.Helper()
 		st, _, _ := httpDo(t, "GET", base+"/readyz", "", nil)
 		return st
 	}
-	waitFor(t, 10*time.Second, func() bool { return ready() == 200 })
-	st, created, _ := httpDo(t, "POST", base+"/v1/orgs/acme/keys", testToken, map[string]any{"name": "k"})
-	if st != 201 {
-		t.Fatalf("create: %d %v", st, created)
-	}
-	secret := created["secret"].(string)
-	verifyStatus := func() (int, string) {
+	var secret string
+	verifyStatus := func(t *testing.T) (int, string) {
+		t.Helper()
 		st, out, _ := httpDo(t, "POST", base+"/v1/keys/verify", testToken, map[string]any{"key": secret})
 		code, _ := out["code"].(string)
 		if st != 200 {
@@ -46,39 +44,61 @@ func TestReadinessFollowsDependencies(t *testing.T) {
 		return st, code
 	}
 
-	// Postgres refuses connections.
-	u, _ := url.Parse(db)
-	dbName := strings.TrimPrefix(u.Path, "/")
-	admin, err := pgx.Connect(context.Background(), testenv.PostgresAdminURL(t))
-	if err != nil {
-		t.Fatal(err)
+	// Each step needs the ones before it: the first that fails ends the
+	// scenario.
+	if !t.Run("ready at start", func(t *testing.T) {
+		testenv.WaitFor(t, 10*time.Second, "/readyz 200 at start", func() bool { return ready(t) == 200 })
+		st, created, _ := httpDo(t, "POST", base+"/v1/orgs/acme/keys", testToken, map[string]any{"name": "k"})
+		if st != 201 {
+			t.Fatalf("create: %d %v", st, created)
+		}
+		secret = created["secret"].(string)
+	}) {
+		return
 	}
-	defer admin.Close(context.Background())
-	exec := func(sql string) {
-		t.Helper()
-		if _, err := admin.Exec(context.Background(), sql); err != nil {
+
+	if !t.Run("unready while Postgres refuses connections", func(t *testing.T) {
+		u, _ := url.Parse(db)
+		dbName := strings.TrimPrefix(u.Path, "/")
+		admin, err := pgx.Connect(context.Background(), testenv.PostgresAdminURL(t))
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer admin.Close(context.Background())
+		exec := func(sql string) {
+			t.Helper()
+			if _, err := admin.Exec(context.Background(), sql); err != nil {
+				t.Fatal(err)
+			}
+		}
+		exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS false`)
+		exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + dbName + `'`)
+		testenv.WaitFor(t, 10*time.Second, "/readyz 503 while Postgres refuses connections", func() bool { return ready(t) == 503 })
+		exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS true`)
+		testenv.WaitFor(t, 20*time.Second, "/readyz 200 once Postgres accepts connections again", func() bool { return ready(t) == 200 })
+	}) {
+		return
 	}
-	exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS false`)
-	exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + dbName + `'`)
-	waitFor(t, 10*time.Second, func() bool { return ready() == 503 })
-	exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS true`)
-	waitFor(t, 20*time.Second, func() bool { return ready() == 200 })
 
 	// NATS goes away: unready, and the verifier refuses verdicts after the
 	// staleness bound rather than risk approving a revoked key.
-	ns.Shutdown()
-	ns.WaitForShutdown()
-	waitFor(t, 10*time.Second, func() bool { return ready() == 503 })
-	waitFor(t, 10*time.Second, func() bool { st, code := verifyStatus(); return st == 503 && code == "unavailable" })
+	if !t.Run("unready and refusing verdicts while NATS is down", func(t *testing.T) {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		testenv.WaitFor(t, 10*time.Second, "/readyz 503 while NATS is down", func() bool { return ready(t) == 503 })
+		testenv.WaitFor(t, 10*time.Second, "verify to answer unavailable past the staleness bound", func() bool { st, code := verifyStatus(t); return st == 503 && code == "unavailable" })
+	}) {
+		return
+	}
 
 	// NATS comes back on the same port and data: everything recovers.
 	opts2 := testenv.JetStreamOptions(dir)
 	opts2.Port = port
 	testenv.RunServer(t, opts2)
-	waitFor(t, 30*time.Second, func() bool { return ready() == 200 })
-	if st, code := verifyStatus(); st != 200 || code != "valid" {
-		t.Fatalf("verify after NATS returned: %d %s", st, code)
-	}
+	t.Run("recovers once NATS is back", func(t *testing.T) {
+		testenv.WaitFor(t, 30*time.Second, "/readyz 200 once NATS is back", func() bool { return ready(t) == 200 })
+		if st, code := verifyStatus(t); st != 200 || code != "valid" {
+			t.Fatalf("verify after NATS returned: %d %s", st, code)
+		}
+	})
 }

@@ -67,6 +67,7 @@ var hostPage = template.Must(template.New("host").Parse(`<!doctype html>
 // session. Each step is checked through keyd's admin API too. Screenshots of
 // every state are kept in a temporary directory whose path is logged.
 func TestWidgetInBrowser(t *testing.T) {
+	t.Parallel()
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Fatalf("the widget browser test needs Chromium at %s (%v); install it with `apt-get install -y chromium` (scripts/test.sh does this)", chromiumPath, err)
 	}
@@ -294,7 +295,7 @@ type browser struct {
 	ctx     context.Context
 	shots   string
 	n       int
-	console *syncBuffer
+	console *testenv.SyncBuffer
 	mu      sync.Mutex
 	thrown  []string
 }
@@ -316,13 +317,16 @@ func startBrowser(t *testing.T, shots string) *browser {
 		chromedp.Flag("disable-sync", true),
 		chromedp.Flag("hide-scrollbars", true),
 		chromedp.UserDataDir(profile),
+		// Chromium's own temporary directories (org.chromium.Chromium.*)
+		// go into the profile too, so they are removed with it.
+		chromedp.Env("TMPDIR="+profile),
 		chromedp.WindowSize(1280, 900),
 	)
 	t.Cleanup(cancelAlloc) // waits for the browser process to exit
 	tab, cancelTab := chromedp.NewContext(alloc)
 	t.Cleanup(cancelTab)
 
-	b := &browser{t: t, ctx: tab, shots: shots, console: &syncBuffer{}}
+	b := &browser{t: t, ctx: tab, shots: shots, console: &testenv.SyncBuffer{}}
 	messages := chromedp.Console(tab) // starts the browser
 	go func() {
 		for m, err := range messages {

@@ -103,9 +103,11 @@ func startServer(opts *server.Options) (*server.Server, error) {
 // and every node is current with it. It returns the client URLs and the
 // servers; all are shut down in t.Cleanup. Clients should connect with all
 // URLs, nats.MaxReconnects(-1) and a short nats.ReconnectWait. A stream just
-// created on the cluster may answer its first publishes with "no response
-// from stream" for a moment (its interest is still spreading over the
-// routes): retry those, as after losing a node.
+// created on the cluster may answer its first publishes and direct gets with
+// "no response from stream" or "no responders" for a moment (its leader's
+// interest is still spreading over the routes, its followers catching up):
+// call StreamReady before using it, and retry those errors after losing a
+// node.
 func Cluster3(t testing.TB) (urls []string, servers []*server.Server) {
 	t.Helper()
 	base := t.TempDir()

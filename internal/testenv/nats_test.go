@@ -57,6 +57,7 @@ func TestJetStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	createStream(t, js, 1)
+	StreamReady(t, []string{s.ClientURL()}, "T", "t.x") // stores nothing
 	publish(t, js, 3)
 	if n := streamMsgs(t, js); n != 3 {
 		t.Fatalf("stream has %d messages, want 3", n)
@@ -114,9 +115,9 @@ func TestCluster3(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	createStream(t, js, 3)
 	// A new replicated stream may answer "no response from stream" until its
-	// interest has spread over the routes, so the first publish retries.
-	publishRetry(t, js)
-	publish(t, js, 2)
+	// interest has spread over the routes: wait until every node routes to it.
+	StreamReady(t, urls, "T", "t.x")
+	publish(t, js, 3)
 
 	// Losing one node keeps the stream writable.
 	ShutdownServer(servers[0])

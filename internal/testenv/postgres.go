@@ -1,5 +1,10 @@
 // Package testenv gives tests the external services keyd needs: a fresh
-// PostgreSQL database per test and in-process NATS JetStream servers.
+// PostgreSQL database per test and in-process NATS JetStream servers (one, or
+// a 3-node cluster, and StreamReady for a stream just created on it). It
+// also holds the small helpers every package's tests share: WaitFor, Logger,
+// LockedRand and SyncBuffer. It imports no keyd package, so any package's
+// internal tests may use it; keyd-level worlds (a migrated database, the
+// event stream, a wired service) are in internal/testworld.
 //
 // PostgreSQL comes from, in order:
 //
