@@ -21,9 +21,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/keyd-dev/keyd/adapters/commands"
 	"github.com/keyd-dev/keyd/adapters/httpapi"
 	"github.com/keyd-dev/keyd/adapters/metrics"
-	"github.com/keyd-dev/keyd/adapters/postgres"
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/verifier"
 )
@@ -52,19 +52,16 @@ func runVerifyHTTP(ctx context.Context, r *runner) (Result, error) {
 	}
 	defer w.close()
 	r.phase("booting a verifier from the snapshot")
-	// Last uses go to keys.last_used_at as keyd writes them, except while
-	// skipWrites is set (the target that shows what the writes cost).
-	reads := postgres.NewReadModel(r.db.pool, time.Now)
+	// Last uses go to keys.last_used_at as keyd writes them (the statement
+	// of the verifier's own flush), except while skipWrites is set (the
+	// target that shows what the writes cost): an explicit sink that drops
+	// them then.
 	var skipWrites atomic.Bool
 	v, _, err := r.bootVerifier(ctx, w, func(ctx context.Context, used []verifier.LastUsed) error {
 		if skipWrites.Load() {
 			return nil
 		}
-		m := make(map[string]time.Time, len(used))
-		for _, u := range used {
-			m[u.KeyID] = u.At
-		}
-		return reads.RecordLastUsed(ctx, m)
+		return verifier.WriteLastUsed(ctx, r.db.pool, used)
 	})
 	if err != nil {
 		return Result{}, err
@@ -250,7 +247,7 @@ func (p *postgresVerify) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, domain.EUnauthorized, "the bearer token is not valid")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, domain.MaxCommandBytes+1))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, commands.MaxBytes+1))
 	if err != nil {
 		fail(http.StatusBadRequest, domain.EInvalid, "request body could not be read")
 		return
@@ -259,7 +256,7 @@ func (p *postgresVerify) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		Key         string   `json:"key"`
 		Permissions []string `json:"permissions"`
 	}
-	if err := domain.DecodeCommand(body, &req); err != nil {
+	if err := commands.Decode(body, &req); err != nil {
 		fail(http.StatusBadRequest, domain.EInvalid, err.Error())
 		return
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/migrations"
 )
 
 // startKeyd starts an in-process keyd on the world and the run's
@@ -118,12 +119,11 @@ func createKeys(ctx context.Context, nc *nats.Conn, org string, n int, tick func
 func (r *runner) waitProjected(ctx context.Context, seq uint64) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		var cp int64
-		err := r.db.pool.QueryRow(ctx, `SELECT coalesce((SELECT last_seq FROM projection_checkpoints WHERE name = 'read_models'), 0)`).Scan(&cp)
+		cp, err := migrations.AppliedSequence(ctx, r.db.pool)
 		if err != nil {
 			return err
 		}
-		if uint64(cp) >= seq {
+		if cp >= seq {
 			return nil
 		}
 		if time.Now().After(deadline) {

@@ -22,7 +22,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/keyd-dev/keyd/adapters/postgres"
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/migrations"
@@ -355,7 +354,7 @@ func (r *runner) loadKeys(ctx context.Context) (*keySet, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := r.db.pool.Exec(ctx, `INSERT INTO projection_checkpoints (name, last_seq) VALUES ('read_models', 0)`); err != nil {
+	if _, err := r.db.pool.Exec(ctx, `INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, 0)`, migrations.ReadModelsProjection); err != nil {
 		return nil, err
 	}
 	r.phase("VACUUM ANALYZE")
@@ -393,22 +392,13 @@ func (r *runner) closeKeys() { r.keys = nil }
 func discardLastUsed(context.Context, []verifier.LastUsed) error { return nil }
 
 // bootVerifier starts a verifier on the world's stream and the run's
-// database, the way keyd wires its own; lastUsed nil writes last uses to
-// the key listing as keyd does.
-func (r *runner) bootVerifier(ctx context.Context, w *world, lastUsed func(context.Context, []verifier.LastUsed) error) (*verifier.Verifier, time.Duration, error) {
-	if lastUsed == nil {
-		reads := postgres.NewReadModel(r.db.pool, time.Now)
-		lastUsed = func(ctx context.Context, used []verifier.LastUsed) error {
-			m := make(map[string]time.Time, len(used))
-			for _, u := range used {
-				m[u.KeyID] = u.At
-			}
-			return reads.RecordLastUsed(ctx, m)
-		}
-	}
+// database, the way keyd wires its own (no Now: one clock read per
+// verification); onLastUsed nil writes last uses to the key listing as keyd
+// does (the verifier's own flush), else it is Config.OnLastUsed.
+func (r *runner) bootVerifier(ctx context.Context, w *world, onLastUsed func(context.Context, []verifier.LastUsed) error) (*verifier.Verifier, time.Duration, error) {
 	v := verifier.New(verifier.Config{
-		Pool: r.db.pool, JS: w.js, Conn: w.nc, Digester: r.dig, Now: time.Now,
-		MaxStaleness: verifier.DefaultMaxStaleness, Log: r.log, OnLastUsed: lastUsed,
+		Pool: r.db.pool, JS: w.js, Conn: w.nc, Digester: r.dig,
+		MaxStaleness: verifier.DefaultMaxStaleness, Log: r.log, OnLastUsed: onLastUsed,
 	})
 	start := time.Now()
 	if err := v.Start(ctx); err != nil {

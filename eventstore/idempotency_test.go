@@ -162,10 +162,12 @@ func runIdempotency(t *testing.T, newStore func(t *testing.T) domain.Idempotency
 }
 
 func TestMemoryIdempotency(t *testing.T) {
+	t.Parallel()
 	runIdempotency(t, func(t *testing.T) domain.IdempotencyStore { return NewMemoryIdempotency() })
 }
 
 func TestKVIdempotency(t *testing.T) {
+	t.Parallel()
 	runIdempotency(t, func(t *testing.T) domain.IdempotencyStore {
 		srv := startServer(t, t.TempDir())
 		_, js := connect(t, srv.ClientURL())
@@ -178,6 +180,7 @@ func TestKVIdempotency(t *testing.T) {
 }
 
 func TestKVIdempotencyBucket(t *testing.T) {
+	t.Parallel()
 	srv := startServer(t, t.TempDir())
 	_, js := connect(t, srv.ClientURL())
 	ctx := t.Context()
@@ -211,6 +214,7 @@ func TestKVIdempotencyBucket(t *testing.T) {
 
 // TestKVIdempotencySurvivesRestart: a reservation outlives the server.
 func TestKVIdempotencySurvivesRestart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ctx := t.Context()
 	now := time.Now()

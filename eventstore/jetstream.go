@@ -21,20 +21,18 @@ import (
 // may be retried with the same MsgIDs).
 var ErrUnavailable = errors.New("eventstore: unavailable")
 
-// Server error codes this package interprets.
+// Server error codes this package interprets, beyond those nats.go names
+// (jetstream.JSErrCode...).
 const (
-	codeWrongLastSeq         = 10071 // Expected-Last-Subject-Sequence mismatch
-	codeWrongLastSeqConstant = 10164 // the same on R>1 streams and in batches
-	codeDuplicateInProcess   = 10158 // a message with this Msg-Id is still being stored
-	codeBatchDuplicateMsgID  = 10201 // a batch carries a Msg-Id the stream already holds
-	codeBatchIncomplete      = 10176 // a batch message was lost; nothing stored
-	codeMessageNotFound      = 10037
-	headerBatchID            = "Nats-Batch-Id"
-	headerBatchSeq           = "Nats-Batch-Sequence"
-	headerBatchCommit        = "Nats-Batch-Commit"
-	defaultAttempts          = 3
-	defaultAttemptTimeout    = 2 * time.Second
-	defaultBackoff           = 100 * time.Millisecond
+	codeDuplicateInProcess  = 10158 // a message with this Msg-Id is still being stored
+	codeBatchDuplicateMsgID = 10201 // a batch carries a Msg-Id the stream already holds
+	codeBatchIncomplete     = 10176 // a batch message was lost; nothing stored
+	headerBatchID           = "Nats-Batch-Id"
+	headerBatchSeq          = "Nats-Batch-Sequence"
+	headerBatchCommit       = "Nats-Batch-Commit"
+	defaultAttempts         = 3
+	defaultAttemptTimeout   = 2 * time.Second
+	defaultBackoff          = 100 * time.Millisecond
 )
 
 // JetStream is domain.EventStore on the KEYD_EVENTS stream (see EnsureStream).
@@ -84,24 +82,6 @@ type JetStream struct {
 // Option configures a JetStream store.
 type Option func(*JetStream)
 
-// WithRetry sets how often an append whose reply is lost is tried in all
-// (attempts ≥ 1; default 3), how long one attempt waits for its reply
-// (default 2s; the caller's context bounds it too), and the pause before the
-// first retry, doubled before each next one (default 100ms).
-func WithRetry(attempts int, attemptTimeout, backoff time.Duration) Option {
-	return func(s *JetStream) {
-		if attempts >= 1 {
-			s.attempts = attempts
-		}
-		if attemptTimeout > 0 {
-			s.attemptTimeout = attemptTimeout
-		}
-		if backoff >= 0 {
-			s.backoff = backoff
-		}
-	}
-}
-
 // WithLeaderReads makes Last ask the stream leader instead of using a direct
 // get, which on a replicated stream any up-to-date replica may answer. It is
 // still one lookup, no scan, but every read goes to the leader; in return a
@@ -148,7 +128,7 @@ func apiPrefix(o jetstream.JetStreamOptions) string {
 
 // Append stores msgs atomically, each guarded by its ExpectedSequence, and
 // returns the stream sequence of the last one. See the type's contract.
-func (s *JetStream) Append(ctx context.Context, msgs ...domain.Append) (uint64, error) {
+func (s *JetStream) Append(ctx context.Context, msgs ...domain.AppendMsg) (uint64, error) {
 	if err := checkAppends(msgs); err != nil {
 		return 0, err
 	}
@@ -189,7 +169,7 @@ func (s *JetStream) Append(ctx context.Context, msgs ...domain.Append) (uint64, 
 	return 0, s.unknownOutcome(msgs, s.attempts, lastErr)
 }
 
-func (s *JetStream) unknownOutcome(msgs []domain.Append, attempts int, err error) error {
+func (s *JetStream) unknownOutcome(msgs []domain.AppendMsg, attempts int, err error) error {
 	return fmt.Errorf("%w: append to %s (%d messages, first MsgID %s): no answer after %d attempts, outcome unknown: %w",
 		ErrUnavailable, msgs[0].Subject, len(msgs), msgs[0].MsgID, attempts, err)
 }
@@ -216,11 +196,11 @@ func retryable(err error) bool {
 func isWrongLastSeq(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == codeWrongLastSeq || apiErr.ErrorCode == codeWrongLastSeqConstant)
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // publishOne is one attempt at a single-message append.
-func (s *JetStream) publishOne(ctx context.Context, a domain.Append) (uint64, error) {
+func (s *JetStream) publishOne(ctx context.Context, a domain.AppendMsg) (uint64, error) {
 	m := &nats.Msg{Subject: a.Subject, Data: a.Data, Header: nats.Header{}}
 	m.Header.Set(HeaderEventType, a.Type)
 	ack, err := s.js.PublishMsg(ctx, m,
@@ -249,20 +229,18 @@ var errMsgIDStored = errors.New("eventstore: MsgID already stored as another mes
 // confirmDuplicate checks a "duplicate" ack for a: the message the stream
 // holds under a's Msg-Id (at seq) must be the first on a's subject after a's
 // expected sequence, i.e. a's own write. One read, answered by the leader.
-func (s *JetStream) confirmDuplicate(ctx context.Context, a domain.Append, seq uint64) (uint64, error) {
-	next, found, err := s.leaderNextOnSubject(ctx, a.ExpectedSequence+1, a.Subject)
+func (s *JetStream) confirmDuplicate(ctx context.Context, a domain.AppendMsg, seq uint64) (uint64, error) {
+	next, found, err := s.Next(ctx, a.Subject, a.ExpectedSequence)
 	if err != nil {
 		return 0, err
 	}
-	if !found || next != seq {
+	if !found || next.Sequence != seq {
 		return 0, conflict(a.Subject, a.ExpectedSequence,
 			fmt.Errorf("%w (MsgID %s at sequence %d)", errMsgIDStored, a.MsgID, seq))
 	}
 	return seq, nil
 }
 
-// leaderNextOnSubject returns the sequence of the first message on subject at
-// or after seq, asking the stream leader (not a possibly lagging replica).
 // Next returns the first message on subject with a sequence above after,
 // read from the stream leader (one request).
 func (s *JetStream) Next(ctx context.Context, subject string, after uint64) (domain.Record, bool, error) {
@@ -277,17 +255,6 @@ func (s *JetStream) Next(ctx context.Context, subject string, after uint64) (dom
 		return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s after %d: the reply holds a message of another subject", subject, after)
 	}
 	return rec, ok, nil
-}
-
-func (s *JetStream) leaderNextOnSubject(ctx context.Context, seq uint64, subject string) (uint64, bool, error) {
-	rec, ok, err := s.leaderGet(ctx, leaderGetRequest{Seq: seq, NextFor: subject})
-	if err != nil {
-		return 0, false, fmt.Errorf("eventstore: reading %s from sequence %d: %w", subject, seq, err)
-	}
-	if ok && rec.Subject != subject {
-		return 0, false, fmt.Errorf("eventstore: reading %s from sequence %d: the reply holds a message of another subject", subject, seq)
-	}
-	return rec.Sequence, ok, nil
 }
 
 type leaderGetRequest struct {
@@ -323,7 +290,7 @@ func (s *JetStream) leaderGet(ctx context.Context, req leaderGetRequest) (domain
 		return domain.Record{}, false, errors.New("bad reply from the stream leader")
 	}
 	if r.Error != nil {
-		if r.Error.ErrorCode == codeMessageNotFound {
+		if r.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
 			return domain.Record{}, false, nil
 		}
 		if retryable(r.Error) {
@@ -361,7 +328,7 @@ func newBatchID() string {
 // publishes, the last with Nats-Batch-Commit: 1 as a request whose reply is
 // the PubAck of the whole batch (the last sequence) or the error that
 // rejected all of it. A batch the server never commits is dropped by it.
-func (s *JetStream) publishBatch(ctx context.Context, msgs []domain.Append) (uint64, error) {
+func (s *JetStream) publishBatch(ctx context.Context, msgs []domain.AppendMsg) (uint64, error) {
 	id := newBatchID()
 	n := len(msgs)
 	for i, a := range msgs {
@@ -413,7 +380,7 @@ func (s *JetStream) publishBatch(ctx context.Context, msgs []domain.Append) (uin
 	return 0, errors.New("eventstore: unreachable")
 }
 
-func (s *JetStream) batchError(msgs []domain.Append, err error) error {
+func (s *JetStream) batchError(msgs []domain.AppendMsg, err error) error {
 	subjects := make([]string, len(msgs))
 	for i, m := range msgs {
 		subjects[i] = m.Subject

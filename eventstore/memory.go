@@ -51,7 +51,7 @@ func NewMemory() *Memory {
 
 // Append stores msgs atomically, each guarded by its ExpectedSequence, and
 // returns the sequence of the last one.
-func (m *Memory) Append(ctx context.Context, msgs ...domain.Append) (uint64, error) {
+func (m *Memory) Append(ctx context.Context, msgs ...domain.AppendMsg) (uint64, error) {
 	if err := checkAppends(msgs); err != nil {
 		return 0, err
 	}

@@ -8,18 +8,20 @@ import (
 )
 
 func TestMemoryConformance(t *testing.T) {
+	t.Parallel()
 	storetest.Run(t, func(t *testing.T) domain.EventStore { return NewMemory() })
 }
 
 func TestMemoryTypeAndLastSequence(t *testing.T) {
+	t.Parallel()
 	m := NewMemory()
 	ctx := t.Context()
 	if n, err := m.LastSequence(ctx); err != nil || n != 0 {
 		t.Fatalf("LastSequence of an empty store = %d, %v", n, err)
 	}
 	seq, err := m.Append(ctx,
-		domain.Append{Subject: domain.KeySubject("o", "k1"), MsgID: "e1", Type: domain.EventKeyRotated, Data: []byte("{}")},
-		domain.Append{Subject: domain.KeySubject("o", "k2"), MsgID: "e2", Type: domain.EventKeyCreated, Data: []byte("{}")},
+		domain.AppendMsg{Subject: domain.KeySubject("o", "k1"), MsgID: "e1", Type: domain.EventKeyRotated, Data: []byte("{}")},
+		domain.AppendMsg{Subject: domain.KeySubject("o", "k2"), MsgID: "e2", Type: domain.EventKeyCreated, Data: []byte("{}")},
 	)
 	if err != nil || seq != 2 {
 		t.Fatalf("Append = %d, %v", seq, err)

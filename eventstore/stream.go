@@ -1,5 +1,8 @@
 // Package eventstore implements domain.EventStore and domain.IdempotencyStore:
 // on NATS JetStream (the real stores) and in memory (for tests of the rules).
+// It also holds the one way the stream's readers (projector, rebuild,
+// verifiers) follow KEYD_EVENTS from a sequence: OpenEvents, CheckFrom and
+// Tail (tail.go).
 //
 // Every store here passes the conformance suite in eventstore/storetest.
 // Nothing in this package logs, and no error it returns contains a message

@@ -33,7 +33,7 @@ func checkSubject(subject string) error {
 // MsgID and a Type; no two messages on one subject (each is guarded by the
 // state before the append, so a second write to the same subject could never
 // pass its guard) and no MsgID twice.
-func checkAppends(msgs []domain.Append) error {
+func checkAppends(msgs []domain.AppendMsg) error {
 	if len(msgs) == 0 {
 		return errors.New("eventstore: append of no messages")
 	}

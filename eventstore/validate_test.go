@@ -9,6 +9,7 @@ import (
 )
 
 func TestCheckSubject(t *testing.T) {
+	t.Parallel()
 	for subject, ok := range map[string]bool{
 		domain.KeySubject("org", "key"):     true,
 		domain.CatalogSubject:               true,
@@ -30,6 +31,7 @@ func TestCheckSubject(t *testing.T) {
 }
 
 func TestConflictWraps(t *testing.T) {
+	t.Parallel()
 	cause := fmt.Errorf("server said no")
 	err := conflict("keyd.events.keys.o.k", 7, cause)
 	if !errors.Is(err, domain.ErrConflict) || !errors.Is(err, cause) {

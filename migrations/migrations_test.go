@@ -49,6 +49,7 @@ func embeddedVersions(t *testing.T) []string {
 }
 
 func TestApplyFreshThenNoop(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pool := newPool(t, testenv.PostgresURL(t))
 	want := embeddedVersions(t)
@@ -94,6 +95,7 @@ func TestApplyFreshThenNoop(t *testing.T) {
 }
 
 func TestApplyConcurrentProcesses(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	url := testenv.PostgresURL(t)
 	want := embeddedVersions(t)
@@ -146,6 +148,7 @@ func TestApplyConcurrentProcesses(t *testing.T) {
 }
 
 func TestApplyChangedFileIsAnError(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pool := newPool(t, testenv.PostgresURL(t))
 
@@ -176,6 +179,7 @@ func TestApplyChangedFileIsAnError(t *testing.T) {
 }
 
 func TestApplyFailingFileRollsBackAndStops(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	pool := newPool(t, testenv.PostgresURL(t))
 
@@ -216,6 +220,7 @@ func TestApplyFailingFileRollsBackAndStops(t *testing.T) {
 }
 
 func TestApplyRespectsContextWhileWaitingForLock(t *testing.T) {
+	t.Parallel()
 	ctx := ctxT(t)
 	url := testenv.PostgresURL(t)
 	holder := newPool(t, url)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/migrations"
 )
 
 // Tables names the four read-model tables one projection writes, and the row
@@ -34,12 +35,15 @@ type Tables struct {
 // the tables in one snapshot sees exactly the effect of the stream up to
 // that sequence (the verifier boots that way).
 var DefaultTables = Tables{
-	Keys:         "keys",
-	Audit:        "audit_events",
-	Permissions:  "permissions",
-	Verification: "verification_keys",
-	Checkpoint:   "read_models",
+	Keys:         migrations.KeysTable,
+	Audit:        migrations.AuditTable,
+	Permissions:  migrations.PermissionsTable,
+	Verification: migrations.VerificationTable,
+	Checkpoint:   migrations.ReadModelsProjection,
 }
+
+// checkpoints is the checkpoint table, as an SQL identifier.
+var checkpoints = ident(migrations.CheckpointsTable)
 
 // list returns the table names in a fixed order.
 func (t Tables) list() []string {
@@ -109,41 +113,22 @@ func decodeRecord(r domain.Record) (decoded, error) {
 	return d, nil
 }
 
-// ApplyBatch applies recs, in ascending stream sequence, to tables within tx
-// and advances the checkpoint tables.Checkpoint, which it creates at 0 if
-// missing. It returns the sequence the tables reflect afterwards: the
-// greatest of the old checkpoint and the last sequence of recs.
-//
-// It locks the checkpoint row (SELECT ... FOR UPDATE), so concurrent writers
-// of one projection serialize, and drops records at or below the
-// checkpoint, so applying a batch again changes nothing; rows are also
-// guarded by their own last_seq. The caller commits tx: only then are the
-// rows and the checkpoint visible, together.
-//
-// Effects: every key event upserts the key's row in tables.Keys (never
-// touching last_used_at, which verifiers maintain) and in
-// tables.Verification, by key id and digest, to the full key state it
-// carries (several events of one key in recs collapse to the last); every key
-// event is inserted into tables.Audit with its envelope; the last catalog
-// event of recs sets tables.Permissions to the catalog it carries. Catalog
-// events are not audit events (they belong to no organization).
-//
-// Errors: *EventError for a record that cannot be applied (nothing of recs
-// is then applied; the caller should roll back), an error for records out of
-// order, and Postgres errors.
-func ApplyBatch(ctx context.Context, tx pgx.Tx, tables Tables, recs []domain.Record) (applied uint64, err error) {
+// decodeRecords decodes recs, which must be in ascending stream sequence.
+// Errors: *EventError for a record that cannot be applied, and an error for
+// records out of order.
+func decodeRecords(recs []domain.Record) ([]decoded, error) {
 	ds := make([]decoded, 0, len(recs))
 	for i, r := range recs {
 		if i > 0 && r.Sequence <= recs[i-1].Sequence {
-			return 0, fmt.Errorf("projections: records out of order: sequence %d after %d", r.Sequence, recs[i-1].Sequence)
+			return nil, fmt.Errorf("projections: records out of order: sequence %d after %d", r.Sequence, recs[i-1].Sequence)
 		}
 		d, err := decodeRecord(r)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		ds = append(ds, d)
 	}
-	return applyDecoded(ctx, tx, statementsFor(tables), ds)
+	return ds, nil
 }
 
 // statements are the SQL of one Tables.
@@ -163,9 +148,9 @@ func statementsFor(t Tables) *statements {
 	id := func(name string) string { return pgx.Identifier{name}.Sanitize() }
 	return &statements{
 		checkpoint:       t.Checkpoint,
-		lockCheckpoint:   `SELECT last_seq FROM projection_checkpoints WHERE name = $1 FOR UPDATE`,
-		insertCheckpoint: `INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`,
-		updateCheckpoint: `UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE name = $1`,
+		lockCheckpoint:   `SELECT last_seq FROM ` + checkpoints + ` WHERE name = $1 FOR UPDATE`,
+		insertCheckpoint: `INSERT INTO ` + checkpoints + ` (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`,
+		updateCheckpoint: `UPDATE ` + checkpoints + ` SET last_seq = $2, updated_at = now() WHERE name = $1`,
 		upsertKeys: `INSERT INTO ` + id(t.Keys) + ` AS t
   (key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq)
 SELECT u.key_id, u.org_id, u.name, u.owner_type, u.owner_id, u.mask, u.permissions::text[], u.status,
@@ -263,7 +248,7 @@ func buildRows(ds []decoded) (*rows, error) {
 		rs.audit.add(d)
 	}
 	// Key rows go in key id order: verifiers' last-use flushes
-	// (postgres.ReadModel.RecordLastUsed) lock keys rows in that order too,
+	// (verifier/lastused.go) lock keys rows in that order too,
 	// so the two can never deadlock.
 	keyRows := make([]int, 0, len(lastKey))
 	for _, i := range lastKey {
@@ -286,15 +271,19 @@ func buildRows(ds []decoded) (*rows, error) {
 		}
 	}
 	if lastCatalog >= 0 {
-		d := ds[lastCatalog]
-		rs.hasCatalog, rs.catalogSeq = true, int64(d.seq)
-		for _, p := range d.catalog {
-			rs.perms.slug = append(rs.perms.slug, p.Slug)
-			rs.perms.description = append(rs.perms.description, p.Description)
-			rs.perms.status = append(rs.perms.status, p.Status)
-		}
+		rs.setCatalog(ds[lastCatalog])
 	}
 	return rs, nil
+}
+
+// setCatalog makes the catalog of catalog event d the permission rows.
+func (rs *rows) setCatalog(d decoded) {
+	rs.hasCatalog, rs.catalogSeq = true, int64(d.seq)
+	for _, p := range d.catalog {
+		rs.perms.slug = append(rs.perms.slug, p.Slug)
+		rs.perms.description = append(rs.perms.description, p.Description)
+		rs.perms.status = append(rs.perms.status, p.Status)
+	}
 }
 
 func (r *keyRows) add(d decoded) error {
@@ -351,30 +340,49 @@ func (r *auditRows) add(d decoded) {
 }
 
 // queue adds the writes of rs to b.
-func (rs *rows) queue(b *pgx.Batch, st *statements) {
+func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 	if k := &rs.keys; len(k.keyID) > 0 {
-		b.Queue(st.upsertKeys, k.keyID, k.orgID, k.name, k.ownerType, k.ownerID, k.mask, k.permissions, k.status,
+		b.Queue(stmts.upsertKeys, k.keyID, k.orgID, k.name, k.ownerType, k.ownerID, k.mask, k.permissions, k.status,
 			k.createdAt, k.expiresAt, k.revokedAt, k.metadata, k.version, k.lastSeq)
 	}
 	if v := &rs.verif; len(v.keyID) > 0 {
-		b.Queue(st.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
+		b.Queue(stmts.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
 			v.expiresAt, v.status, v.metadata, v.lastSeq)
 	}
 	if a := &rs.audit; len(a.seq) > 0 {
-		b.Queue(st.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
+		b.Queue(stmts.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
 	}
 	if rs.hasCatalog {
 		p := &rs.perms
-		b.Queue(st.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq)
-		b.Queue(st.deletePerms, p.slug, rs.catalogSeq)
+		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq)
+		b.Queue(stmts.deletePerms, p.slug, rs.catalogSeq)
 	}
 }
 
-// applyDecoded is ApplyBatch on decoded records: lock the checkpoint, drop
-// what it already covers, write the rows and the new checkpoint in one
-// round trip.
-func applyDecoded(ctx context.Context, tx pgx.Tx, st *statements, ds []decoded) (uint64, error) {
-	last, err := lockCheckpoint(ctx, tx, st)
+// applyDecoded applies ds, in ascending stream sequence, to the tables of
+// stmts within tx and advances their checkpoint, which it creates at 0 if
+// missing. It returns the sequence the tables reflect afterwards: the
+// greatest of the old checkpoint and the last sequence of ds. All writes go
+// in one round trip.
+//
+// It locks the checkpoint row (SELECT ... FOR UPDATE), so concurrent writers
+// of one projection serialize, and drops events at or below the checkpoint,
+// so applying a batch again changes nothing; rows are also guarded by their
+// own last_seq. The caller commits tx: only then are the rows and the
+// checkpoint visible, together.
+//
+// Effects: every key event upserts the key's row in the key listing (never
+// touching last_used_at, which verifiers maintain) and in the verification
+// snapshot, by key id and digest, to the full key state it carries (several
+// events of one key collapse to the last); every key event is inserted into
+// the audit log with its envelope; the last catalog event sets the
+// permission catalog to the catalog it carries. Catalog events are not
+// audit events (they belong to no organization).
+//
+// Errors: *EventError for an event whose rows cannot be built (nothing is
+// then applied; the caller should roll back), and Postgres errors.
+func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, error) {
+	last, err := lockCheckpoint(ctx, tx, stmts)
 	if err != nil {
 		return 0, err
 	}
@@ -392,42 +400,27 @@ func applyDecoded(ctx context.Context, tx pgx.Tx, st *statements, ds []decoded) 
 	}
 	next := ds[len(ds)-1].seq
 	b := &pgx.Batch{}
-	rs.queue(b, st)
-	b.Queue(st.updateCheckpoint, st.checkpoint, int64(next))
+	rs.queue(b, stmts)
+	b.Queue(stmts.updateCheckpoint, stmts.checkpoint, int64(next))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, fmt.Errorf("projections: applying stream sequences %d to %d: %w", ds[0].seq, next, err)
 	}
 	return next, nil
 }
 
-// lockCheckpoint returns the checkpoint of st, locked for the rest of the
+// lockCheckpoint returns the checkpoint of stmts, locked for the rest of the
 // transaction, creating it at 0 if missing.
-func lockCheckpoint(ctx context.Context, tx pgx.Tx, st *statements) (uint64, error) {
+func lockCheckpoint(ctx context.Context, tx pgx.Tx, stmts *statements) (uint64, error) {
 	var last int64
-	err := tx.QueryRow(ctx, st.lockCheckpoint, st.checkpoint).Scan(&last)
+	err := tx.QueryRow(ctx, stmts.lockCheckpoint, stmts.checkpoint).Scan(&last)
 	if errors.Is(err, pgx.ErrNoRows) {
-		if _, err = tx.Exec(ctx, st.insertCheckpoint, st.checkpoint); err != nil {
-			return 0, fmt.Errorf("projections: creating checkpoint %q: %w", st.checkpoint, err)
+		if _, err = tx.Exec(ctx, stmts.insertCheckpoint, stmts.checkpoint); err != nil {
+			return 0, fmt.Errorf("projections: creating checkpoint %q: %w", stmts.checkpoint, err)
 		}
-		err = tx.QueryRow(ctx, st.lockCheckpoint, st.checkpoint).Scan(&last)
+		err = tx.QueryRow(ctx, stmts.lockCheckpoint, stmts.checkpoint).Scan(&last)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("projections: reading checkpoint %q: %w", st.checkpoint, err)
-	}
-	return uint64(last), nil
-}
-
-// readCheckpoint returns the checkpoint name (0 if missing) without locking.
-func readCheckpoint(ctx context.Context, q interface {
-	QueryRow(context.Context, string, ...any) pgx.Row
-}, name string) (uint64, error) {
-	var last int64
-	err := q.QueryRow(ctx, `SELECT last_seq FROM projection_checkpoints WHERE name = $1`, name).Scan(&last)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("projections: reading checkpoint %q: %w", name, err)
+		return 0, fmt.Errorf("projections: reading checkpoint %q: %w", stmts.checkpoint, err)
 	}
 	return uint64(last), nil
 }

@@ -11,6 +11,7 @@ import (
 // the order in which verifiers' last-use flushes lock the same rows, so the
 // projector and the verifiers can never deadlock each other.
 func TestKeyRowsInKeyIDOrder(t *testing.T) {
+	t.Parallel()
 	ids := []string{"key_01M8C", "key_01M8A", "key_01M8B", "key_01M8A"}
 	var ds []decoded
 	for i, id := range ids {

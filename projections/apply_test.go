@@ -118,6 +118,7 @@ func sameTime(a, b *time.Time) bool {
 }
 
 func TestApplyBatchEffectOfEachEventType(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	var applied uint64
 	const org = "org_1"
@@ -264,6 +265,7 @@ func mapsEqual[V comparable](a, b map[string]V) bool {
 }
 
 func TestApplyBatchIsIdempotentAndBatchingDoesNotMatter(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.history("org_a", 12)
 	recs := e.records(1, e.lastSeq())
@@ -315,6 +317,7 @@ func TestApplyBatchIsIdempotentAndBatchingDoesNotMatter(t *testing.T) {
 }
 
 func TestApplyBatchRejectsEventsItCannotApply(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.history("org_a", 2)
 	good := e.records(1, e.lastSeq())
@@ -364,6 +367,7 @@ func TestApplyBatchRejectsEventsItCannotApply(t *testing.T) {
 }
 
 func TestTextArrayLiteral(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	for _, in := range [][]string{nil, {}, {"a"}, {"posts:read", "x.y-z_1"}, {`q"uote`, `back\slash`, "comma,brace}{", "", "NULL", " sp "}} {
 		var got []string

@@ -2,9 +2,7 @@ package projections
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +15,7 @@ import (
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/internal/testenv"
+	"github.com/keyd-dev/keyd/internal/testworld"
 	"github.com/keyd-dev/keyd/migrations"
 )
 
@@ -46,30 +45,13 @@ func newEnvWithStream(t testing.TB, cfg jetstream.StreamConfig) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	e := &env{t: t, ctx: ctx, dsn: testenv.PostgresURL(t)}
-	pool, err := pgxpool.New(ctx, e.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	if _, err := migrations.Apply(ctx, pool, nil); err != nil {
-		t.Fatal(err)
-	}
-	e.pool = pool
+	e := &env{t: t, ctx: ctx}
+	e.pool, e.dsn = testworld.MigratedPool(t)
 	_, e.nc = testenv.JetStream(t)
-	if e.js, err = jetstream.New(e.nc); err != nil {
-		t.Fatal(err)
-	}
-	if e.stream, err = e.js.CreateOrUpdateStream(ctx, cfg); err != nil {
-		t.Fatal(err)
-	}
-	e.dg = domain.NewDigester([]byte("projections test deployment secret"))
-	e.svc = &domain.Service{
-		Store:    eventstore.NewJetStream(e.js, e.nc, e.stream),
-		Digester: e.dg,
-		Now:      time.Now,
-		Rand:     rand.Reader,
-	}
+	w := testworld.EventStreamOn(t, e.nc, &cfg)
+	e.js, e.stream = w.JS, w.Stream
+	e.svc = w.Service([]byte("projections test deployment secret"))
+	e.dg = e.svc.Digester
 	return e
 }
 
@@ -85,7 +67,7 @@ func (e *env) newPool() *pgxpool.Pool {
 }
 
 func (e *env) projector(pool *pgxpool.Pool) *Projector {
-	p := NewProjector(pool, e.js, slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	p := NewProjector(pool, e.js, testenv.Logger(e.t))
 	p.StandbyPoll = 50 * time.Millisecond
 	return p
 }
@@ -134,13 +116,6 @@ func (r *running) wait(t testing.TB, timeout time.Duration) error {
 		t.Fatalf("Run did not return within %s", timeout)
 		return nil
 	}
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(b), "\n"))
-	return len(b), nil
 }
 
 func (e *env) lastSeq() uint64 {
@@ -226,7 +201,7 @@ func (e *env) rows(q string, args ...any) []string {
 
 func (e *env) checkpoint(name string) uint64 {
 	e.t.Helper()
-	cp, err := readCheckpoint(e.ctx, e.pool, name)
+	cp, _, err := migrations.Checkpoint(e.ctx, e.pool, name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -242,23 +217,11 @@ func (e *env) count(q string, args ...any) int {
 	return n
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // caughtUp waits until p has applied the whole stream.
 func (e *env) caughtUp(p *Projector) {
 	e.t.Helper()
 	last := e.lastSeq()
-	waitFor(e.t, 20*time.Second, fmt.Sprintf("the projector to apply sequence %d", last), func() bool {
+	testenv.WaitFor(e.t, 20*time.Second, fmt.Sprintf("the projector to apply sequence %d", last), func() bool {
 		s := p.Status()
 		if s.Err != nil {
 			e.t.Logf("projector error: %v", s.Err)

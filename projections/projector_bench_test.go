@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/internal/testenv"
 )
 
 // benchKeys is the number of keys of the catch-up benchmarks: each is
@@ -124,7 +124,7 @@ func BenchmarkCatchUp(b *testing.B) {
 	for range b.N {
 		b.StopTimer()
 		e.truncate()
-		p := NewProjector(e.pool, e.js, slog.New(slog.NewTextHandler(testWriter{b}, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		p := NewProjector(e.pool, e.js, testenv.Logger(b))
 		ctx, cancel := context.WithCancel(e.ctx)
 		done := make(chan error, 1)
 		b.StartTimer()

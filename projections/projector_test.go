@@ -13,9 +13,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyd-dev/keyd/eventstore"
+	"github.com/keyd-dev/keyd/internal/testenv"
 )
 
 func TestProjectorFollowsTheStream(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.history("org_a", 8) // before the projector starts: catch-up
 	p := e.projector(e.pool)
@@ -39,6 +41,7 @@ func TestProjectorFollowsTheStream(t *testing.T) {
 }
 
 func TestProjectorStopsAtAnEventItCannotApply(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name string
 		live bool // publish the bad event while the projector runs
@@ -107,6 +110,7 @@ func TestProjectorStopsAtAnEventItCannotApply(t *testing.T) {
 }
 
 func TestProjectorStopsWhenTheCheckpointDoesNotFitTheStream(t *testing.T) {
+	t.Parallel()
 	t.Run("gap", func(t *testing.T) {
 		cfg := eventstore.StreamConfig(1)
 		cfg.DenyPurge = false
@@ -118,10 +122,10 @@ func TestProjectorStopsWhenTheCheckpointDoesNotFitTheStream(t *testing.T) {
 		ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
 		defer cancel()
 		p := e.projector(e.pool)
-		if err := p.Run(ctx); !errors.Is(err, ErrGap) {
+		if err := p.Run(ctx); !errors.Is(err, eventstore.ErrGap) {
 			t.Fatalf("Run = %v, want ErrGap", err)
 		}
-		if !errors.Is(p.Status().Err, ErrGap) || e.checkpoint("read_models") != 0 {
+		if !errors.Is(p.Status().Err, eventstore.ErrGap) || e.checkpoint("read_models") != 0 {
 			t.Errorf("Status = %+v, checkpoint %d", p.Status(), e.checkpoint("read_models"))
 		}
 	})
@@ -133,18 +137,19 @@ func TestProjectorStopsWhenTheCheckpointDoesNotFitTheStream(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
 		defer cancel()
-		if err := e.projector(e.pool).Run(ctx); !errors.Is(err, ErrCheckpointAhead) {
+		if err := e.projector(e.pool).Run(ctx); !errors.Is(err, eventstore.ErrCheckpointAhead) {
 			t.Fatalf("Run = %v, want ErrCheckpointAhead", err)
 		}
 	})
 }
 
 func TestProjectorFailover(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	// Two "processes": separate pools, separate projectors.
 	p1, p2 := e.projector(e.newPool()), e.projector(e.newPool())
 	r1, r2 := e.start(p1), e.start(p2)
-	waitFor(t, 10*time.Second, "a leader", func() bool { return p1.Status().Leader || p2.Status().Leader })
+	testenv.WaitFor(t, 10*time.Second, "a leader", func() bool { return p1.Status().Leader || p2.Status().Leader })
 
 	// While nobody is being stopped, never two leaders.
 	var both atomic.Bool
@@ -169,7 +174,7 @@ func TestProjectorFailover(t *testing.T) {
 	if s := standby.Status(); s.Leader || s.StreamLast != 0 {
 		t.Errorf("standby Status = %+v", s)
 	}
-	waitFor(t, 5*time.Second, "the standby to see the checkpoint", func() bool { return standby.Status().Applied == e.lastSeq() })
+	testenv.WaitFor(t, 5*time.Second, "the standby to see the checkpoint", func() bool { return standby.Status().Applied == e.lastSeq() })
 	stopSampling()
 	<-sampled
 	if both.Load() {
@@ -185,7 +190,7 @@ func TestProjectorFailover(t *testing.T) {
 	if leader.Status().Leader {
 		t.Error("a stopped projector still says it leads")
 	}
-	waitFor(t, 10*time.Second, "the standby to take over", func() bool { return standby.Status().Leader })
+	testenv.WaitFor(t, 10*time.Second, "the standby to take over", func() bool { return standby.Status().Leader })
 	for _, id := range more {
 		e.revoke("org_b", id)
 	}
@@ -209,10 +214,11 @@ func TestProjectorFailover(t *testing.T) {
 }
 
 func TestProjectorStepsDownWhenItsLockConnectionDies(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	p := e.projector(e.pool)
 	e.start(p)
-	waitFor(t, 10*time.Second, "leadership", func() bool { return p.Status().Leader })
+	testenv.WaitFor(t, 10*time.Second, "leadership", func() bool { return p.Status().Leader })
 	e.history("org_a", 3)
 	e.caughtUp(p)
 
@@ -224,10 +230,10 @@ func TestProjectorStepsDownWhenItsLockConnectionDies(t *testing.T) {
 		t.Fatalf("terminating the lock connection %d: %v %v", pid, killed, err)
 	}
 	// It notices, stands by, and leads again on a new lock connection.
-	waitFor(t, 10*time.Second, "leadership on a new lock connection", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "leadership on a new lock connection", func() bool {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		return p.st.Leader && p.lockPID != 0 && p.lockPID != pid
+		return p.status.Leader && p.lockPID != 0 && p.lockPID != pid
 	})
 	e.history("org_b", 3)
 	e.caughtUp(p)
@@ -237,6 +243,7 @@ func TestProjectorStepsDownWhenItsLockConnectionDies(t *testing.T) {
 }
 
 func TestProjectorLagWhileBehind(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.history("org_a", 4)
 	p := e.projector(e.pool)
@@ -244,7 +251,7 @@ func TestProjectorLagWhileBehind(t *testing.T) {
 	p.Now = func() time.Time { return time.Now().Add(time.Hour) } // an hour later
 	e.start(p)
 	var sawLag atomic.Bool
-	waitFor(t, 20*time.Second, "lag to show and then clear", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "lag to show and then clear", func() bool {
 		s := p.Status()
 		if s.LagEvents > 0 && s.LagSeconds > 3000 {
 			sawLag.Store(true)
@@ -262,6 +269,7 @@ func TestProjectorLagWhileBehind(t *testing.T) {
 // TestNoSecretInAnyTable creates keys with known secrets and searches a
 // dump of every row of every table for them.
 func TestNoSecretInAnyTable(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	secrets := e.history("org_a", 8)
 	p := e.projector(e.pool)

@@ -20,9 +20,8 @@ import (
 // without NATS, decoding, intermediate states or a checkpoint. Build it with
 // NewRawUpsert (which does all the decoding), then time Write.
 type RawUpsert struct {
-	st     *statements
+	stmts  *statements
 	chunks []*rows
-	events int
 }
 
 // NewRawUpsert prepares the rows of recs (ascending stream sequence): each
@@ -35,22 +34,18 @@ func NewRawUpsert(tables Tables, recs []domain.Record, keysPerTx int) (*RawUpser
 	if keysPerTx < 1 {
 		return nil, fmt.Errorf("projections: keysPerTx must be at least 1, not %d", keysPerTx)
 	}
+	ds, err := decodeRecords(recs)
+	if err != nil {
+		return nil, err
+	}
 	var keyEvents []decoded
 	lastKey := map[string]int{}    // key id -> index in keyEvents of its last event
 	lastDigest := map[string]int{} // digest -> index in keyEvents of its last event
 	var order []string             // key ids in order of first appearance
-	lastCatalog := -1
-	var catalog decoded
-	for i, r := range recs {
-		if i > 0 && r.Sequence <= recs[i-1].Sequence {
-			return nil, fmt.Errorf("projections: records out of order: sequence %d after %d", r.Sequence, recs[i-1].Sequence)
-		}
-		d, err := decodeRecord(r)
-		if err != nil {
-			return nil, err
-		}
+	var catalog *decoded           // the last catalog event
+	for i, d := range ds {
 		if d.key == nil {
-			lastCatalog, catalog = i, d
+			catalog = &ds[i]
 			continue
 		}
 		if _, seen := lastKey[d.key.ID]; !seen {
@@ -61,7 +56,7 @@ func NewRawUpsert(tables Tables, recs []domain.Record, keysPerTx int) (*RawUpser
 		keyEvents = append(keyEvents, d)
 	}
 	n := max(1, (len(order)+keysPerTx-1)/keysPerTx)
-	r := &RawUpsert{st: statementsFor(tables), events: len(recs)}
+	r := &RawUpsert{stmts: statementsFor(tables)}
 	for c := range n {
 		rs := &rows{}
 		for _, id := range order[min(c*keysPerTx, len(order)):min((c+1)*keysPerTx, len(order))] {
@@ -78,21 +73,13 @@ func NewRawUpsert(tables Tables, recs []domain.Record, keysPerTx int) (*RawUpser
 		for _, d := range keyEvents[c*len(keyEvents)/n : (c+1)*len(keyEvents)/n] {
 			rs.audit.add(d)
 		}
-		if c == 0 && lastCatalog >= 0 {
-			rs.hasCatalog, rs.catalogSeq = true, int64(catalog.seq)
-			for _, p := range catalog.catalog {
-				rs.perms.slug = append(rs.perms.slug, p.Slug)
-				rs.perms.description = append(rs.perms.description, p.Description)
-				rs.perms.status = append(rs.perms.status, p.Status)
-			}
+		if c == 0 && catalog != nil {
+			rs.setCatalog(*catalog)
 		}
 		r.chunks = append(r.chunks, rs)
 	}
 	return r, nil
 }
-
-// Events returns the number of records the rows stand for.
-func (r *RawUpsert) Events() int { return r.events }
 
 // Transactions returns the number of transactions Write commits.
 func (r *RawUpsert) Transactions() int { return len(r.chunks) }
@@ -103,7 +90,7 @@ func (r *RawUpsert) Write(ctx context.Context, pool *pgxpool.Pool) error {
 	for _, rs := range r.chunks {
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			batch := &pgx.Batch{}
-			rs.queue(batch, r.st)
+			rs.queue(batch, r.stmts)
 			return tx.SendBatch(ctx, batch).Close()
 		})
 		if err != nil {

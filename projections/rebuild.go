@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
 )
 
 // rebuildLockKey serializes rebuilds ("keydrbld" in ASCII): two at once
@@ -46,7 +47,7 @@ func suffixed(t Tables, suffix string) Tables {
 //
 // Steps: it drops leftovers of an earlier rebuild and creates empty tables
 // <name>_rebuild (LIKE <name> INCLUDING ALL); replays the stream into them
-// in batches (ApplyBatch), while the live projector keeps the live tables
+// in batches, while the live projector keeps the live tables
 // current and the service answers from them; then takes the projector's
 // advisory lock, waiting until the leading projector yields it (leaders
 // yield to a waiting session within StandbyPoll) so that nobody writes the
@@ -66,7 +67,7 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, pr
 		progress = io.Discard
 	}
 	rt := rebuildTables()
-	st := statementsFor(rt)
+	stmts := statementsFor(rt)
 
 	lock, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig.Copy())
 	if err != nil {
@@ -89,30 +90,27 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, pr
 		return err
 	}
 
-	stream, err := js.Stream(ctx, domain.StreamName)
+	events, err := eventstore.OpenEvents(ctx, js)
 	if err != nil {
-		return fmt.Errorf("projections: rebuild: looking up stream %s: %w", domain.StreamName, err)
+		return fmt.Errorf("projections: rebuild: %w", err)
 	}
-	info, err := stream.Info(ctx)
+	state, err := events.State(ctx)
 	if err != nil {
-		return fmt.Errorf("projections: rebuild: reading stream %s: %w", domain.StreamName, err)
+		return fmt.Errorf("projections: rebuild: %w", err)
 	}
-	if info.State.FirstSeq > 1 {
+	// A rebuild's policy on a gap: say so, and replay what the stream holds.
+	if err := eventstore.CheckFrom(state, 0); err != nil {
 		fmt.Fprintf(progress, "rebuild: warning: the stream starts at sequence %d; events 1 to %d are gone and cannot be replayed\n",
-			info.State.FirstSeq, info.State.FirstSeq-1)
+			state.FirstSeq, state.FirstSeq-1)
 	}
-	cons, err := js.OrderedConsumer(ctx, domain.StreamName, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy})
+	tail, err := events.Tail(ctx, 1, eventstore.TailOptions{MaxMessages: 2 * rebuildBatch})
 	if err != nil {
-		return fmt.Errorf("projections: rebuild: creating a consumer on %s: %w", domain.StreamName, err)
+		return fmt.Errorf("projections: rebuild: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * rebuildBatch))
-	if err != nil {
-		return fmt.Errorf("projections: rebuild: consuming %s: %w", domain.StreamName, err)
-	}
-	defer it.Stop()
+	defer tail.Stop()
 
-	r := &replayer{pool: pool, st: st, it: it, out: progress, total: info.State.Msgs, start: time.Now()}
-	if err := r.until(ctx, info.State.LastSeq); err != nil {
+	r := &replayer{pool: pool, stmts: stmts, tail: tail, out: progress, total: state.Msgs, start: time.Now()}
+	if err := r.until(ctx, state.LastSeq); err != nil {
 		return err
 	}
 	r.report(true)
@@ -121,12 +119,12 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, pr
 	if _, err := lock.Exec(ctx, `SELECT pg_advisory_lock($1)`, advisoryLockKey); err != nil {
 		return fmt.Errorf("projections: rebuild: taking the projector lock: %w", err)
 	}
-	if info, err = stream.Info(ctx); err != nil {
-		return fmt.Errorf("projections: rebuild: reading stream %s: %w", domain.StreamName, err)
+	if state, err = events.State(ctx); err != nil {
+		return fmt.Errorf("projections: rebuild: %w", err)
 	}
-	if info.State.LastSeq > r.applied {
-		r.total += info.State.LastSeq - r.applied
-		if err := r.until(ctx, info.State.LastSeq); err != nil {
+	if state.LastSeq > r.applied {
+		r.total += state.LastSeq - r.applied
+		if err := r.until(ctx, state.LastSeq); err != nil {
 			return err
 		}
 		r.report(true)
@@ -158,7 +156,7 @@ func prepareRebuild(ctx context.Context, pool *pgxpool.Pool, rt Tables) error {
 				}
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, 0)
+		_, err := tx.Exec(ctx, `INSERT INTO `+checkpoints+` (name, last_seq) VALUES ($1, 0)
 ON CONFLICT (name) DO UPDATE SET last_seq = 0, updated_at = now()`, rt.Checkpoint)
 		if err != nil {
 			return fmt.Errorf("projections: rebuild: resetting checkpoint %q: %w", rt.Checkpoint, err)
@@ -169,10 +167,10 @@ ON CONFLICT (name) DO UPDATE SET last_seq = 0, updated_at = now()`, rt.Checkpoin
 
 // replayer applies the stream to the rebuild tables and reports progress.
 type replayer struct {
-	pool *pgxpool.Pool
-	st   *statements
-	it   jetstream.MessagesContext
-	out  io.Writer
+	pool  *pgxpool.Pool
+	stmts *statements
+	tail  *eventstore.Tail
+	out   io.Writer
 
 	total   uint64 // events to replay, as far as known
 	done    uint64 // events replayed
@@ -190,24 +188,20 @@ func (r *replayer) until(ctx context.Context, target uint64) error {
 	for r.applied < target {
 		caughtUp := false
 		for len(batch) < rebuildBatch && !caughtUp {
-			m, err := r.it.Next(jetstream.NextContext(ctx))
+			d, err := r.tail.Next(ctx)
 			if err != nil {
 				return fmt.Errorf("projections: rebuild: reading stream %s: %w", domain.StreamName, err)
 			}
-			md, err := m.Metadata()
-			if err != nil {
-				return fmt.Errorf("projections: rebuild: reading message metadata: %w", err)
-			}
-			d, err := decodeRecord(domain.Record{Subject: m.Subject(), Sequence: md.Sequence.Stream, Data: m.Data()})
+			dec, err := decodeRecord(d.Record)
 			if err != nil {
 				return err
 			}
-			batch = append(batch, d)
-			caughtUp = md.Sequence.Stream >= target || md.NumPending == 0
+			batch = append(batch, dec)
+			caughtUp = d.Sequence >= target || d.Pending == 0
 		}
 		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 			var err error
-			r.applied, err = applyDecoded(ctx, tx, r.st, batch)
+			r.applied, err = applyDecoded(ctx, tx, r.stmts, batch)
 			return err
 		})
 		if err != nil {
@@ -301,11 +295,11 @@ FROM `+ident(old[0])+` AS o WHERE o.key_id = k.key_id AND o.last_used_at IS NOT 
 				return err
 			}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, $2)
+		if _, err := tx.Exec(ctx, `INSERT INTO `+checkpoints+` (name, last_seq) VALUES ($1, $2)
 ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq, updated_at = now()`, DefaultTables.Checkpoint, int64(seq)); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `DELETE FROM projection_checkpoints WHERE name = $1`, rt.Checkpoint)
+		_, err := tx.Exec(ctx, `DELETE FROM `+checkpoints+` WHERE name = $1`, rt.Checkpoint)
 		return err
 	})
 	if err != nil {

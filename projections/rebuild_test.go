@@ -55,6 +55,7 @@ func checkProgress(t *testing.T, out string, events int) {
 }
 
 func TestRebuild(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.history("org_a", 16)
 	p := e.projector(e.pool)
@@ -165,6 +166,7 @@ DELETE FROM projection_checkpoints WHERE name = 'read_models_scratch'`); err != 
 }
 
 func TestRebuildLeavesTheLiveTablesAloneOnFailure(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.history("org_a", 4)
 	e.apply(DefaultTables, e.records(1, e.lastSeq()))
@@ -193,6 +195,7 @@ func TestRebuildLeavesTheLiveTablesAloneOnFailure(t *testing.T) {
 }
 
 func TestOnlyOneRebuildAtATime(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	conn, err := e.pool.Acquire(e.ctx)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 )
 
 func TestConnect(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := e.create("org_1", domain.CreateKey{})
 	e.project()

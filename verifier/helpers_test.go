@@ -4,10 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"io"
 	"log/slog"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,9 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyd-dev/keyd/domain"
-	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/internal/testenv"
-	"github.com/keyd-dev/keyd/migrations"
+	"github.com/keyd-dev/keyd/internal/testworld"
 	"github.com/keyd-dev/keyd/projections"
 )
 
@@ -53,57 +49,13 @@ func newEnv(t *testing.T) *env {
 // not nil, creates KEYD_EVENTS with that configuration instead of keyd's.
 func newEnvOn(t *testing.T, srv *server.Server, nc *nats.Conn, streamCfg *jetstream.StreamConfig) *env {
 	t.Helper()
-	ctx := t.Context()
-	e := &env{t: t, ctx: ctx, srv: srv, nc: nc, dig: domain.NewDigester(testSecret), log: testLogger(t)}
-	e.dsn = testenv.PostgresURL(t)
-	pool, err := pgxpool.New(ctx, e.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	e.pool = pool
-	if _, err := migrations.Apply(ctx, pool, nil); err != nil {
-		t.Fatal(err)
-	}
-	if e.js, err = jetstream.New(nc); err != nil {
-		t.Fatal(err)
-	}
-	var st jetstream.Stream
-	if streamCfg == nil {
-		st, err = eventstore.EnsureStream(ctx, e.js, 1)
-	} else {
-		st, err = e.js.CreateStream(ctx, *streamCfg)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.svc = &domain.Service{
-		Store: eventstore.NewJetStream(e.js, nc, st), Digester: e.dig,
-		Now: time.Now, Rand: rand.Reader,
-	}
+	e := &env{t: t, ctx: t.Context(), srv: srv, nc: nc, log: testenv.Logger(t)}
+	e.pool, e.dsn = testworld.MigratedPool(t)
+	w := testworld.EventStreamOn(t, nc, streamCfg)
+	e.js = w.JS
+	e.svc = w.Service(testSecret)
+	e.dig = e.svc.Digester
 	return e
-}
-
-// testLogger logs to the test's output until the test ends.
-func testLogger(t *testing.T) *slog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct {
-	mu   sync.Mutex
-	t    *testing.T
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimRight(string(p), "\n"))
-	}
-	return len(p), nil
 }
 
 // streamLast returns the stream's last sequence.
@@ -129,7 +81,7 @@ func (e *env) project() uint64 {
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	waitFor(e.t, 20*time.Second, "the projector to catch up", func() bool { return p.Status().Applied >= want })
+	testenv.WaitFor(e.t, 20*time.Second, "the projector to catch up", func() bool { return p.Status().Applied >= want })
 	cancel()
 	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
 		e.t.Fatalf("projector: %v", err)
@@ -225,18 +177,6 @@ func verify(t testing.TB, v *Verifier, secret string, perms ...string) Result {
 	return r
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for wait := time.Millisecond; !cond(); wait = min(2*wait, 50*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(wait)
-	}
-}
-
 // fakeClock is an injectable clock: real time until set.
 type fakeClock struct{ p atomic.Pointer[time.Time] }
 
@@ -256,5 +196,3 @@ func newSecret(t testing.TB) string {
 	}
 	return s
 }
-
-var _ io.Writer = (*testWriter)(nil)

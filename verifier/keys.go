@@ -36,7 +36,7 @@ func shardOf(d *domain.Digest) int {
 // slot is one key's place in the table. state is replaced whole by the
 // applier; lastUsed and queued are written by Verify (see lastused.go).
 type slot struct {
-	state    atomic.Pointer[keyState]
+	state    atomic.Pointer[entry]
 	lastUsed atomic.Int64 // unix milliseconds of the last valid verification; 0: none
 	queued   atomic.Bool  // in the last-used queue, not yet flushed
 }
@@ -46,21 +46,21 @@ type slot struct {
 // (most keys never change). A later state is allocated on its own.
 type slotWithState struct {
 	slot
-	first keyState
+	first entry
 }
 
-func newSlot(st *keyState) *slot {
-	s := &slotWithState{first: *st}
+func newSlot(ent *entry) *slot {
+	s := &slotWithState{first: *ent}
 	s.state.Store(&s.first)
 	return &s.slot
 }
 
-// keyState is what a verification answers about a key, compact (56
-// bytes): the key id and name share one string, and the organization and
+// entry is what a verification answers about a key (not domain.KeyState:
+// the key's full state), compact (56 bytes): the key id and name share one string, and the organization and
 // owner, the permission list and the metadata map are interned (shared with
 // every key that has equal ones). Immutable once stored; what Verify hands
 // out is built from it without allocating.
-type keyState struct {
+type entry struct {
 	text    string     // key id (keyIDLen bytes) followed by the name
 	org     *orgRef    // organization and owner
 	perms   *permSet   // effective permissions
@@ -79,18 +79,18 @@ type orgRef struct {
 
 type permSet struct{ list []string }
 
-func (st *keyState) id() string { return st.text[:keyIDLen] }
+func (e *entry) id() string { return e.text[:keyIDLen] }
 
-// info returns the KeyInfo of st (no allocation).
-func (st *keyState) info() KeyInfo {
+// info returns the KeyInfo of e (no allocation).
+func (e *entry) info() KeyInfo {
 	return KeyInfo{
-		ID:          st.text[:keyIDLen],
-		OrgID:       st.org.id,
-		Owner:       st.org.owner,
-		Name:        st.text[keyIDLen:],
-		Permissions: st.perms.list,
-		ExpiresAt:   st.expires,
-		Metadata:    st.meta,
+		ID:          e.text[:keyIDLen],
+		OrgID:       e.org.id,
+		Owner:       e.org.owner,
+		Name:        e.text[keyIDLen:],
+		Permissions: e.perms.list,
+		ExpiresAt:   e.expires,
+		Metadata:    e.meta,
 	}
 }
 
@@ -143,7 +143,7 @@ func newInterner() *interner {
 }
 
 // str returns the shared copy of b (the map lookup does not allocate).
-func (in *interner) str(b []byte) string {
+func (in *interner) internBytes(b []byte) string {
 	if s, ok := in.strs[string(b)]; ok {
 		return s
 	}
@@ -152,7 +152,7 @@ func (in *interner) str(b []byte) string {
 	return s
 }
 
-func (in *interner) strS(s string) string {
+func (in *interner) intern(s string) string {
 	if c, ok := in.strs[s]; ok {
 		return c
 	}
@@ -166,7 +166,7 @@ func (in *interner) orgOf(org, ownerType, ownerID []byte) *orgRef {
 	if r, ok := in.orgs[string(in.buf)]; ok {
 		return r
 	}
-	r := &orgRef{id: in.str(org), owner: domain.Owner{Type: in.str(ownerType), ID: in.str(ownerID)}}
+	r := &orgRef{id: in.internBytes(org), owner: domain.Owner{Type: in.internBytes(ownerType), ID: in.internBytes(ownerID)}}
 	in.orgs[string(in.buf)] = r
 	return r
 }
@@ -184,7 +184,7 @@ func (in *interner) permList(joined []byte, retired map[string]struct{}) *permSe
 	var l []string
 	for s := range strings.SplitSeq(key, ",") {
 		if _, gone := retired[s]; !gone && s != "" {
-			l = append(l, in.strS(s))
+			l = append(l, in.intern(s))
 		}
 	}
 	slices.Sort(l)
@@ -244,10 +244,10 @@ func (in *interner) metadataMap(m map[string]string) map[string]string {
 	return m
 }
 
-// stateFromKey builds the state of a key from the full state an event
+// entryFromKey builds the state of a key from the full state an event
 // carries (whose id DecodeEvent checked).
-func (in *interner) stateFromKey(k *domain.KeyState, retired map[string]struct{}) keyState {
-	st := keyState{
+func (in *interner) entryFromKey(k *domain.KeyState, retired map[string]struct{}) entry {
+	ent := entry{
 		text:    k.ID + k.Name, // one allocation for both
 		org:     in.orgOf([]byte(k.OrgID), []byte(k.Owner.Type), []byte(k.Owner.ID)),
 		perms:   in.permSlice(k.Permissions, retired),
@@ -256,26 +256,26 @@ func (in *interner) stateFromKey(k *domain.KeyState, retired map[string]struct{}
 	}
 	if k.ExpiresAt != nil {
 		t := k.ExpiresAt.UTC()
-		st.expires = &t
+		ent.expires = &t
 	}
-	return st
+	return ent
 }
 
-// withoutRetired returns st with the retired slugs taken out of its
-// permissions, or st itself when it holds none of them.
-func (in *interner) withoutRetired(st *keyState, retired map[string]struct{}) *keyState {
+// withoutRetired returns ent with the retired slugs taken out of its
+// permissions, or ent itself when it holds none of them.
+func (in *interner) withoutRetired(ent *entry, retired map[string]struct{}) *entry {
 	hit := false
-	for _, p := range st.perms.list {
+	for _, p := range ent.perms.list {
 		if _, gone := retired[p]; gone {
 			hit = true
 			break
 		}
 	}
 	if !hit {
-		return st
+		return ent
 	}
-	n := *st
-	n.perms = in.permSlice(st.perms.list, retired)
+	n := *ent
+	n.perms = in.permSlice(ent.perms.list, retired)
 	return &n
 }
 

@@ -9,8 +9,9 @@ import (
 // TestSizes guards the memory per key: a slot with its first state is one
 // 80-byte allocation.
 func TestSizes(t *testing.T) {
-	if got := unsafe.Sizeof(keyState{}); got != 56 {
-		t.Errorf("keyState is %d bytes, want 56", got)
+	t.Parallel()
+	if got := unsafe.Sizeof(entry{}); got != 56 {
+		t.Errorf("entry is %d bytes, want 56", got)
 	}
 	if got := unsafe.Sizeof(slotWithState{}); got != 80 {
 		t.Errorf("slotWithState is %d bytes, want 80", got)
@@ -18,6 +19,7 @@ func TestSizes(t *testing.T) {
 }
 
 func TestInterner(t *testing.T) {
+	t.Parallel()
 	in := newInterner()
 	retired := map[string]struct{}{"old": {}}
 	a := in.permList([]byte("b,a,old,a"), retired)
@@ -48,6 +50,7 @@ func TestInterner(t *testing.T) {
 }
 
 func TestParseInt(t *testing.T) {
+	t.Parallel()
 	for s, want := range map[string]int64{"0": 0, "1767225600000000": 1767225600000000, "-5": -5} {
 		if got, ok := parseInt([]byte(s)); !ok || got != want {
 			t.Errorf("parseInt(%q) = %d, %v", s, got, ok)

@@ -2,16 +2,23 @@ package verifier
 
 import (
 	"context"
+	"crypto/rand"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/internal/testenv"
+	"github.com/keyd-dev/keyd/internal/testworld"
 )
 
 // TestLastUsedFlush: many verifications of a few keys become one statement
 // that sets their last_used_at, never backwards; keys not used stay NULL.
 func TestLastUsedFlush(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k1 := e.create("org_1", domain.CreateKey{})
 	k2 := e.create("org_1", domain.CreateKey{})
@@ -94,6 +101,7 @@ func checkLastUsed(t *testing.T, e *env, want map[string]*time.Time) {
 // TestOnLastUsed: with OnLastUsed the batches go there, sorted by key id,
 // and a failed batch is kept for the next flush.
 func TestOnLastUsed(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k1 := e.create("org_1", domain.CreateKey{})
 	k2 := e.create("org_1", domain.CreateKey{})
@@ -124,14 +132,128 @@ func TestOnLastUsed(t *testing.T) {
 
 // TestLastUsedBackground: the background flusher writes within the interval.
 func TestLastUsedBackground(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	k := e.create("org_1", domain.CreateKey{})
 	e.project()
 	v := e.verifier(func(c *Config) { c.LastUsedInterval = 50 * time.Millisecond })
 	verify(t, v, k.Secret)
-	waitFor(t, 10*time.Second, "last_used_at to be written", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "last_used_at to be written", func() bool {
 		var n int
 		_ = e.pool.QueryRow(e.ctx, `SELECT count(*) FROM keys WHERE last_used_at IS NOT NULL`).Scan(&n)
 		return n == 1
 	})
+}
+
+// insertKeyRow inserts a row into the key listing, as the projector would,
+// with last_used_at at lastUsed (nil: NULL), and returns the key's id, whose
+// ULID carries time at.
+func insertKeyRow(t *testing.T, pool *pgxpool.Pool, at time.Time, lastUsed *time.Time) string {
+	t.Helper()
+	ulid, err := domain.NewULID(at, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := domain.KeyIDPrefix + ulid
+	_, err = pool.Exec(t.Context(), `INSERT INTO keys
+		(key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, last_used_at, metadata, version, last_seq)
+		VALUES ($1, 'org_a', 'a key', 'organization', 'org_a', 'sk_…a1B2', '{}', 'active', $2, $3, '{}', 1, 1)`, id, at, lastUsed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func lastUsedAt(t *testing.T, pool *pgxpool.Pool, id string) *time.Time {
+	t.Helper()
+	var at *time.Time
+	if err := pool.QueryRow(t.Context(), `SELECT last_used_at FROM keys WHERE key_id = $1`, id).Scan(&at); err != nil {
+		t.Fatal(err)
+	}
+	return at
+}
+
+// TestWriteLastUsed: the statement of the default flush sets last_used_at,
+// never backwards, and ignores keys the listing does not hold.
+func TestWriteLastUsed(t *testing.T) {
+	t.Parallel()
+	pool, _ := testworld.MigratedPool(t)
+	ctx := t.Context()
+	now := time.Date(2030, 5, 1, 12, 0, 0, 0, time.UTC)
+	t0 := now.Add(-time.Hour)
+	never := insertKeyRow(t, pool, t0, nil)
+	before := insertKeyRow(t, pool, t0.Add(time.Millisecond), &t0)
+
+	if err := WriteLastUsed(ctx, pool, nil); err != nil {
+		t.Fatal(err)
+	}
+	unknown, err := domain.NewULID(now, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = WriteLastUsed(ctx, pool, []LastUsed{ // sorted by key id, as a flush hands them
+		{KeyID: never, At: t0.Add(time.Minute)},
+		{KeyID: before, At: t0.Add(-time.Minute)},      // older than recorded: ignored
+		{KeyID: domain.KeyIDPrefix + unknown, At: now}, // unknown key: ignored
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := lastUsedAt(t, pool, never); at == nil || !at.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("last_used_at of %s = %v, want %v", never, at, t0.Add(time.Minute))
+	}
+	if at := lastUsedAt(t, pool, before); at == nil || !at.Equal(t0) {
+		t.Fatalf("last_used_at of %s = %v, want it kept at %v", before, at, t0)
+	}
+	if err := WriteLastUsed(ctx, pool, []LastUsed{{KeyID: before, At: t0.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	if at := lastUsedAt(t, pool, before); at == nil || !at.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("last_used_at of %s = %v, want %v", before, at, t0.Add(time.Hour))
+	}
+}
+
+// TestWriteLastUsedConcurrentOverlappingBatches: eight verifiers flush
+// batches covering the same keys, each with its own times; the newest time
+// wins and no flush fails (no deadlock).
+func TestWriteLastUsedConcurrentOverlappingBatches(t *testing.T) {
+	t.Parallel()
+	pool, _ := testworld.MigratedPool(t)
+	ctx := t.Context()
+	now := time.Date(2030, 5, 1, 12, 0, 0, 0, time.UTC)
+	keys := make([]string, 50)
+	for i := range keys {
+		keys[i] = insertKeyRow(t, pool, now.Add(-time.Hour+time.Duration(i)*time.Millisecond), nil)
+	}
+	slices.Sort(keys)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 8*20)
+	for v := range 8 {
+		wg.Go(func() {
+			for round := range 20 {
+				var batch []LastUsed
+				for i, id := range keys {
+					if (i+v+round)%3 != 0 {
+						batch = append(batch, LastUsed{KeyID: id, At: now.Add(time.Duration(v*100+round) * time.Second)})
+					}
+				}
+				if err := WriteLastUsed(ctx, pool, batch); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	var newest time.Time
+	if err := pool.QueryRow(ctx, `SELECT max(last_used_at) FROM keys`).Scan(&newest); err != nil {
+		t.Fatal(err)
+	}
+	if want := now.Add(719 * time.Second); !newest.Equal(want) {
+		t.Fatalf("newest last_used_at %v, want %v", newest, want)
+	}
 }

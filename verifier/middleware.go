@@ -118,11 +118,5 @@ func writeError(w http.ResponseWriter, status int, code, message string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	type body struct {
-		Code    string `json:"code"`
-		Message string `json:"message"`
-	}
-	_ = json.NewEncoder(w).Encode(struct {
-		Error body `json:"error"`
-	}{body{code, message}})
+	_ = json.NewEncoder(w).Encode(domain.ErrorBody{Error: domain.ErrorDetail{Code: code, Message: message}})
 }

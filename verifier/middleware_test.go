@@ -11,6 +11,7 @@ import (
 )
 
 func TestMiddleware(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("posts:read", "posts:write")
 	reader := e.create("org_1", domain.CreateKey{Permissions: []string{"posts:read"}})

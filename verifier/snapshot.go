@@ -2,7 +2,6 @@ package verifier
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -11,14 +10,14 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/migrations"
 )
 
 // The verification snapshot: keyd's projector writes verification_keys,
 // permissions and the checkpoint row "read_models" of projection_checkpoints
-// in one transaction, so one REPEATABLE READ transaction reading all three
-// sees the exact effect of the stream up to the checkpoint's sequence.
-
-const snapshotCheckpoint = "read_models"
+// (migrations.ReadModelsProjection) in one transaction, so one REPEATABLE
+// READ transaction reading all three sees the exact effect of the stream up
+// to the checkpoint's sequence.
 
 // snapshotQuery reads verification_keys with every column as text, so that
 // the raw bytes are the same in the text and binary formats (whatever the
@@ -29,7 +28,7 @@ const snapshotQuery = `SELECT encode(digest, 'hex'), key_id, org_id, owner_type,
 	round(extract(epoch FROM expires_at) * 1000000)::bigint::text,
 	status,
 	CASE WHEN metadata = '{}'::jsonb THEN NULL ELSE metadata::text END
-FROM verification_keys`
+FROM ` + migrations.VerificationTable
 
 const snapshotColumns = 10
 
@@ -77,19 +76,15 @@ func (v *Verifier) loadSnapshot(ctx context.Context, a *applier) (snapshotResult
 }
 
 func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, error) {
-	var seq int64
-	err := tx.QueryRow(ctx, `SELECT last_seq FROM projection_checkpoints WHERE name = $1`, snapshotCheckpoint).Scan(&seq)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return snapshotResult{why: "the read models have no checkpoint yet"}, nil
-	}
+	seq, ok, err := migrations.Checkpoint(ctx, tx, migrations.ReadModelsProjection)
 	if err != nil {
 		return snapshotResult{}, err
 	}
-	if seq < 0 {
-		return snapshotResult{}, fmt.Errorf("checkpoint %q is negative (%d)", snapshotCheckpoint, seq)
+	if !ok {
+		return snapshotResult{why: "the read models have no checkpoint yet"}, nil
 	}
 
-	rows, err := tx.Query(ctx, `SELECT slug FROM permissions WHERE status = $1`, domain.PermissionRetired)
+	rows, err := tx.Query(ctx, `SELECT slug FROM `+migrations.PermissionsTable+` WHERE status = $1`, domain.PermissionRetired)
 	if err != nil {
 		return snapshotResult{}, err
 	}
@@ -103,7 +98,7 @@ func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, e
 
 	// Size the tables up front: no rehashing while loading.
 	var count int64
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM verification_keys`).Scan(&count); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+migrations.VerificationTable).Scan(&count); err != nil {
 		return snapshotResult{}, err
 	}
 	a.presize(int(count))
@@ -123,58 +118,7 @@ func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, e
 	if err := rows.Err(); err != nil {
 		return snapshotResult{}, err
 	}
-	return snapshotResult{ok: true, seq: uint64(seq), keys: n}, nil
-}
-
-// loadRow adds one row of snapshotQuery to the (private, booting) tables.
-func (a *applier) loadRow(vals [][]byte) error {
-	if len(vals) != snapshotColumns {
-		return fmt.Errorf("%d columns, want %d", len(vals), snapshotColumns)
-	}
-	for i, c := range vals[:7] {
-		if c == nil {
-			return fmt.Errorf("column %d is NULL", i+1)
-		}
-	}
-	var d domain.Digest
-	if len(vals[0]) != 2*len(d) {
-		return fmt.Errorf("digest is %d bytes, want %d", len(vals[0])/2, len(d))
-	}
-	if _, err := hex.Decode(d[:], vals[0]); err != nil {
-		return fmt.Errorf("digest: %w", err)
-	}
-	id, name := vals[1], vals[5]
-	if len(id) != keyIDLen || string(id[:len(domain.KeyIDPrefix)]) != domain.KeyIDPrefix {
-		return fmt.Errorf("key_id %q is not a key id", id)
-	}
-	// (Not inside the literal: its conversions may be evaluated after its
-	// calls, which reuse the buffer.)
-	a.in.buf = append(append(a.in.buf[:0], id...), name...)
-	text := string(a.in.buf)
-	st := keyState{
-		text:    text,
-		org:     a.in.orgOf(vals[2], vals[3], vals[4]),
-		perms:   a.in.permList(vals[6], a.retired),
-		meta:    emptyMetadata,
-		revoked: string(vals[8]) == domain.StatusRevoked,
-	}
-	if vals[7] != nil {
-		us, ok := parseInt(vals[7])
-		if !ok {
-			return fmt.Errorf("expires_at %q is not a number of microseconds", vals[7])
-		}
-		t := time.UnixMicro(us).UTC()
-		st.expires = &t
-	}
-	if vals[9] != nil {
-		md, err := a.in.metadataJSON(vals[9])
-		if err != nil {
-			return fmt.Errorf("metadata: %w", err)
-		}
-		st.meta = md
-	}
-	a.put(d, &st)
-	return nil
+	return snapshotResult{ok: true, seq: seq, keys: n}, nil
 }
 
 // parseInt parses a decimal int64 without allocating.

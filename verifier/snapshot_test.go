@@ -16,6 +16,7 @@ import (
 // events after its checkpoint (the projector stopped before them) and events
 // appended between the snapshot read and the subscription: all are applied.
 func TestSnapshotPlusTail(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a", "b")
 	k1 := e.create("org_1", domain.CreateKey{Permissions: []string{"a", "b"}})
@@ -72,6 +73,7 @@ func TestSnapshotPlusTail(t *testing.T) {
 // TestFullReplayFallback: the verifier replays the whole stream when the
 // snapshot is missing or does not fit the stream.
 func TestFullReplayFallback(t *testing.T) {
+	t.Parallel()
 	t.Run("tables missing", func(t *testing.T) {
 		e := newEnv(t)
 		k := e.create("org_1", domain.CreateKey{})
@@ -203,6 +205,7 @@ func purge(t *testing.T, e *env, seq uint64) {
 // TestStreamRecreated: a stream deleted and created again while the
 // verifier runs is replayed from its start; keys of the old one are gone.
 func TestStreamRecreated(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	old := e.create("org_1", domain.CreateKey{})
 	e.create("org_1", domain.CreateKey{})
@@ -218,7 +221,7 @@ func TestStreamRecreated(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := e.create("org_2", domain.CreateKey{})
-	waitFor(t, 20*time.Second, "the verifier to replay the new stream", func() bool {
+	testenv.WaitFor(t, 20*time.Second, "the verifier to replay the new stream", func() bool {
 		r, err := v.Verify(e.ctx, k.Secret)
 		return err == nil && r.Code == CodeValid
 	})

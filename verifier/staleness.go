@@ -126,8 +126,8 @@ func (v *Verifier) probeLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		st := v.stream.Load()
-		if st == nil {
+		stream := v.stream.Load()
+		if stream == nil {
 			continue // not subscribed yet
 		}
 		at := v.contact.clock()
@@ -137,7 +137,7 @@ func (v *Verifier) probeLoop(ctx context.Context) {
 		// stream for one that went back.
 		applied := v.applied.Load()
 		pctx, cancel := context.WithTimeout(ctx, max(v.probeEvery, 2*time.Second))
-		info, err := (*st).Info(pctx)
+		info, err := (*stream).Info(pctx)
 		cancel()
 		if err == nil {
 			if v.booted.Load() && info.State.LastSeq < applied {

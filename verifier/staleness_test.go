@@ -16,6 +16,7 @@ import (
 // verifier answers unavailable; when the server is back (same store, same
 // port) it recovers by itself and sees a revocation made after the restart.
 func TestStaleness(t *testing.T) {
+	t.Parallel()
 	const maxStaleness = 300 * time.Millisecond
 	dir := t.TempDir()
 	srv := testenv.RunServer(t, testenv.JetStreamOptions(dir))
@@ -41,7 +42,7 @@ func TestStaleness(t *testing.T) {
 	if time.Since(down) < maxStaleness/4 && err != nil {
 		t.Errorf("Verify right after the server went down: %v, want a verdict (within MaxStaleness)", err)
 	}
-	waitFor(t, 10*time.Second, "Verify to answer unavailable", func() bool {
+	testenv.WaitFor(t, 10*time.Second, "Verify to answer unavailable", func() bool {
 		_, err := v.Verify(context.Background(), k.Secret)
 		return domain.ErrorCode(err) == domain.EUnavailable
 	})
@@ -59,7 +60,7 @@ func TestStaleness(t *testing.T) {
 	// Revoke after the restart; the command side retries while JetStream
 	// recovers the stream.
 	var seq uint64
-	waitFor(t, 30*time.Second, "the revoke to be accepted after the restart", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the revoke to be accepted after the restart", func() bool {
 		ctx, cancel := context.WithTimeout(e.ctx, 2*time.Second)
 		defer cancel()
 		r, err := e.svc.RevokeKey(ctx, "org_1", domain.RevokeKey{KeyID: k.Key.ID})
@@ -67,7 +68,7 @@ func TestStaleness(t *testing.T) {
 		return err == nil
 	})
 	recovered := time.Now()
-	waitFor(t, 30*time.Second, "the verifier to recover and see the revocation", func() bool {
+	testenv.WaitFor(t, 30*time.Second, "the verifier to recover and see the revocation", func() bool {
 		r, err := v.Verify(context.Background(), k.Secret)
 		return err == nil && r.Code == CodeRevoked
 	})
@@ -80,6 +81,7 @@ func TestStaleness(t *testing.T) {
 // TestContactProbes checks the contact bookkeeping: a probe proves contact
 // only once the verifier has applied what the probe saw.
 func TestContactProbes(t *testing.T) {
+	t.Parallel()
 	var c contact
 	c.init()
 	c.advanced(5)

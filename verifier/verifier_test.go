@@ -15,6 +15,7 @@ import (
 // TestVerifyOutcomes checks every verdict, booting once from the Postgres
 // snapshot and once by replaying the stream: both must answer alike.
 func TestVerifyOutcomes(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("posts:read", "posts:write", "legacy:admin")
 	full := e.create("org_1", domain.CreateKey{Name: "CI deploy",
@@ -107,6 +108,7 @@ func flip(c byte) string {
 }
 
 func TestResultJSON(t *testing.T) {
+	t.Parallel()
 	exp := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	r := Result{Valid: true, Code: CodeValid, Sequence: 7, Key: KeyInfo{ID: "key_01J00000000000000000000000", OrgID: "org_1",
 		Owner: domain.Owner{Type: "organization", ID: "org_1"}, Name: "n", Permissions: []string{"a"}, ExpiresAt: &exp, Metadata: map[string]string{}}}
@@ -124,6 +126,7 @@ func TestResultJSON(t *testing.T) {
 // TestUnavailableBeforeStart: a verifier that has not caught up gives no
 // verdicts.
 func TestUnavailableBeforeStart(t *testing.T) {
+	t.Parallel()
 	v := New(Config{Digester: domain.NewDigester(testSecret)})
 	if _, err := v.Verify(context.Background(), newSecret(t)); domain.ErrorCode(err) != domain.EUnavailable {
 		t.Errorf("Verify before Start: %v, want unavailable", err)
@@ -139,6 +142,7 @@ func TestUnavailableBeforeStart(t *testing.T) {
 // TestWaitAppliedAfterRevoke: once WaitApplied(revoke's sequence) returns,
 // the verifier says revoked.
 func TestWaitAppliedAfterRevoke(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	v := e.verifier()
 	k := e.create("org_1", domain.CreateKey{})
@@ -190,6 +194,7 @@ func TestWaitAppliedAfterRevoke(t *testing.T) {
 // (run with -race): keys created, permissions changed, revoked, and a
 // permission retired while goroutines verify.
 func TestConcurrentVerifyWhileApplying(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	e.define("a", "b")
 	v := e.verifier()
@@ -255,6 +260,7 @@ func TestConcurrentVerifyWhileApplying(t *testing.T) {
 // TestUndecodableEvent: an event the verifier cannot apply is not skipped
 // silently: the verifier stops vouching for keys.
 func TestUndecodableEvent(t *testing.T) {
+	t.Parallel()
 	e := newEnv(t)
 	v := e.verifier()
 	k := e.create("org_1", domain.CreateKey{})

@@ -30,15 +30,23 @@ import (
 )
 
 // App is one running keyd process: command responders, projector (leader or
-// standby), verifier and HTTP server, over one NATS connection and one
-// Postgres pool.
+// standby), verifier and HTTP server, over two NATS connections (NC for the
+// event stream and everything that reads or writes it, CommandNC for the
+// command responder alone) and one Postgres pool.
 type App struct {
 	cfg    Config
 	log    *slog.Logger
 	dev    bool
 	secret []byte
 
-	NC        *nats.Conn
+	// NC is the event store's connection: JetStream, the idempotency
+	// bucket, the projector and the verifier. The only one that publishes
+	// to keyd.events.>.
+	NC *nats.Conn
+	// CommandNC is the command responder's: it subscribes to keyd.cmd.>
+	// and publishes only replies, so its NATS user needs no publish right
+	// beyond allow_responses.
+	CommandNC *nats.Conn
 	JS        jetstream.JetStream
 	Store     *eventstore.JetStream
 	Pool      *pgxpool.Pool
@@ -51,7 +59,8 @@ type App struct {
 	Sessions  *httpapi.Sessions
 
 	responder *natscmd.Responder
-	http      *http.Server
+	stopHTTP  context.CancelFunc // ends httpapi.Server.Serve, which shuts down gracefully
+	httpDone  chan struct{}      // closed when Serve has returned
 	// HTTPAddr is the address the HTTP server listens on.
 	HTTPAddr string
 	// NATSURL is the URL clients use to reach NATS.
@@ -61,9 +70,14 @@ type App struct {
 	wg     sync.WaitGroup
 }
 
-// start builds and starts everything on an established NATS connection.
-func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) error {
-	a.NC = nc
+// start builds and starts everything on established NATS connections: nc
+// for the event store, cmdNC (another connection) for the command
+// responder. Close closes both, whether start succeeded or not.
+func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listener) error {
+	a.NC, a.CommandNC = nc, cmdNC
+	if cmdNC == nil || nc == cmdNC {
+		return errors.New("keyd needs two NATS connections: one for the event store, one for the command responder")
+	}
 	if !domain.ValidPrefix(a.cfg.KeyPrefix) {
 		return fmt.Errorf("--key-prefix %q must be 1 to %d letters, digits or underscores", a.cfg.KeyPrefix, domain.MaxPrefixLen)
 	}
@@ -133,17 +147,12 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	}()
 
 	digester := domain.NewDigester(a.secret)
+	// No Now: the verifier's own clock reads the time once per verification
+	// (the path the benchmarks measure). No OnLastUsed: the verifier writes
+	// last_used_at to the listing itself, in batches, never per verify.
 	a.Verifier = verifier.New(verifier.Config{
-		Pool: a.Pool, JS: js, Conn: nc, Digester: digester, Now: time.Now,
+		Pool: a.Pool, JS: js, Conn: nc, Digester: digester,
 		MaxStaleness: a.cfg.VerifierMaxStaleness, Log: a.log,
-		// last_used_at reaches the listing in batches, never per verify.
-		OnLastUsed: func(ctx context.Context, used []verifier.LastUsed) error {
-			m := make(map[string]time.Time, len(used))
-			for _, u := range used {
-				m[u.KeyID] = u.At
-			}
-			return a.Reads.RecordLastUsed(ctx, m)
-		},
 	})
 	if err := a.Verifier.Start(bg); err != nil {
 		return fmt.Errorf("starting the verifier: %w", err)
@@ -163,12 +172,13 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	}
 	a.registerGauges()
 
-	a.responder = &natscmd.Responder{Conn: nc, Runner: a.Runner, Log: a.log}
+	a.responder = &natscmd.Responder{Conn: cmdNC, Runner: a.Runner, Log: a.log, Metrics: a.Metrics,
+		ReplyPrefixes: a.cfg.NATSReplyPrefixes}
 	if err := a.responder.Start(); err != nil {
 		return fmt.Errorf("subscribing to commands: %w", err)
 	}
 
-	a.Sessions = httpapi.NewSessions(domain.DeriveKey(a.secret, "keyd widget session v1"), time.Now)
+	a.Sessions = httpapi.NewSessions(domain.DeriveKey(a.secret, httpapi.SessionKeyLabel), time.Now)
 	api := &httpapi.Server{
 		Runner: a.Runner, Reads: a.Reads, AdminToken: a.cfg.AdminToken, Sessions: a.Sessions,
 		Metrics: a.Metrics, Ready: a.ready, WidgetOrigins: a.cfg.widgetOrigins(),
@@ -183,18 +193,15 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 			}
 		},
 	}
-	a.http = &http.Server{
-		Handler:           api.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-	}
 	a.HTTPAddr = httpLn.Addr().String()
-	a.wg.Add(1)
+	// Serve: the header limit, timeouts, error log and graceful shutdown the
+	// httpapi tests and the HTTP benchmark run with. Its own context, so
+	// Close stops HTTP first.
+	httpCtx, stopHTTP := context.WithCancel(context.Background())
+	a.stopHTTP, a.httpDone = stopHTTP, make(chan struct{})
 	go func() {
-		defer a.wg.Done()
-		if err := a.http.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		defer close(a.httpDone)
+		if err := api.Serve(httpCtx, httpLn); err != nil {
 			a.log.Error("http server stopped", "err", err)
 		}
 	}()
@@ -246,7 +253,7 @@ func (a *App) registerGauges() {
 func (a *App) ready(ctx context.Context) (bool, map[string]any) {
 	ok := true
 	detail := map[string]any{}
-	if a.NC.IsConnected() {
+	if a.NC.IsConnected() && a.CommandNC.IsConnected() {
 		detail["nats"] = "ok"
 	} else {
 		ok = false
@@ -279,13 +286,17 @@ func (a *App) ready(ctx context.Context) (bool, map[string]any) {
 // Close stops everything in reverse order: HTTP, commands, background work,
 // then the connections.
 func (a *App) Close() {
+	if a.stopHTTP != nil {
+		a.stopHTTP() // Serve lets requests in flight finish, for up to httpapi.ShutdownTimeout
+		<-a.httpDone
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if a.http != nil {
-		_ = a.http.Shutdown(ctx)
-	}
 	if a.responder != nil {
 		a.responder.Stop(ctx)
+	}
+	if a.CommandNC != nil {
+		_ = a.CommandNC.Drain()
 	}
 	if a.Verifier != nil {
 		_ = a.Verifier.FlushLastUsed(ctx)
@@ -304,5 +315,3 @@ func (a *App) Close() {
 		a.Pool.Close()
 	}
 }
-
-func jetstreamNew(nc *nats.Conn) (jetstream.JetStream, error) { return jetstream.New(nc) }

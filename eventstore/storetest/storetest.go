@@ -89,11 +89,11 @@ func newID() string {
 	return fmt.Sprintf("evt-%d-%d", time.Now().UnixNano(), idSeq.n)
 }
 
-func msg(subject string, expected uint64, data string) domain.Append {
-	return domain.Append{Subject: subject, ExpectedSequence: expected, MsgID: newID(), Type: domain.EventKeyUpdated, Data: []byte(data)}
+func msg(subject string, expected uint64, data string) domain.AppendMsg {
+	return domain.AppendMsg{Subject: subject, ExpectedSequence: expected, MsgID: newID(), Type: domain.EventKeyUpdated, Data: []byte(data)}
 }
 
-func mustAppend(t *testing.T, s domain.EventStore, msgs ...domain.Append) uint64 {
+func mustAppend(t *testing.T, s domain.EventStore, msgs ...domain.AppendMsg) uint64 {
 	t.Helper()
 	seq, err := s.Append(ctxT(t), msgs...)
 	if err != nil {
@@ -244,7 +244,7 @@ func testRace(t *testing.T, s domain.EventStore) {
 		seqs      = make([]uint64, n)
 		errs      = make([]error, n)
 		ctx       = ctxT(t)
-		appendsOf = make([]domain.Append, n)
+		appendsOf = make([]domain.AppendMsg, n)
 	)
 	for i := range n {
 		appendsOf[i] = msg(subjA, s0, fmt.Sprintf("writer-%d", i))
@@ -347,7 +347,7 @@ func testAtomic(t *testing.T, s domain.EventStore) {
 func testAtomicBadGuard(t *testing.T, s domain.EventStore) {
 	a0 := mustAppend(t, s, msg(subjA, 0, "a0"))
 	b0 := mustAppend(t, s, msg(subjB, 0, "b0"))
-	for name, msgs := range map[string][]domain.Append{
+	for name, msgs := range map[string][]domain.AppendMsg{
 		"last bad":   {msg(subjA, a0, "a1"), msg(subjB, b0+7, "b1")},
 		"first bad":  {msg(subjA, 0, "a1"), msg(subjB, b0, "b1")},
 		"middle bad": {msg(subjA, a0, "a1"), msg(subjC, 3, "c1"), msg(subjB, b0, "b1")},
@@ -367,7 +367,7 @@ func testAtomicBadGuard(t *testing.T, s domain.EventStore) {
 }
 
 func testAtomicRetried(t *testing.T, s domain.EventStore) {
-	batch := []domain.Append{msg(subjA, 0, "a"), msg(subjB, 0, "b")}
+	batch := []domain.AppendMsg{msg(subjA, 0, "a"), msg(subjB, 0, "b")}
 	last := mustAppend(t, s, batch...)
 	seq, err := s.Append(ctxT(t), batch...)
 	retryOK(t, seq, err, last)
@@ -380,7 +380,7 @@ func testInvalid(t *testing.T, s domain.EventStore) {
 	a0 := mustAppend(t, s, msg(subjA, 0, "a0"))
 	noID := msg(subjB, 0, "x")
 	noID.MsgID = ""
-	for name, msgs := range map[string][]domain.Append{
+	for name, msgs := range map[string][]domain.AppendMsg{
 		"no messages":      nil,
 		"subject twice":    {msg(subjB, 0, "1"), msg(subjB, 0, "2")},
 		"wildcard subject": {msg(domain.OrgEventsSubject("org1"), 0, "x")},
