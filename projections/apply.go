@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/migrations"
 )
 
@@ -71,11 +72,16 @@ func (e *EventError) Unwrap() error { return e.Err }
 // decoded is one record, decoded and checked, ready to apply.
 type decoded struct {
 	seq     uint64
-	raw     []byte // the envelope as stored
-	ev      domain.Event
-	key     *domain.KeyState    // key events
-	digest  []byte              // key events: the digest, decoded from hex
-	catalog []domain.Permission // catalog events: the full catalog after it
+	subject string
+	// rejected is why the event is set aside ("": it is not): by the
+	// stream tail (signature) or by the invariants on apply.
+	rejected       string
+	raw            []byte // the envelope as stored
+	ev             domain.Event
+	key            *domain.KeyState    // key events
+	digest         []byte              // key events: the digest, decoded from hex
+	catalog        []domain.Permission // catalog events: the full catalog after it
+	catalogVersion int64               // catalog events: the catalog's version after it
 }
 
 // decodeRecord decodes a stream record. Errors are *EventError.
@@ -87,7 +93,7 @@ func decodeRecord(r domain.Record) (decoded, error) {
 	if err != nil {
 		return fail(err)
 	}
-	d := decoded{seq: r.Sequence, raw: r.Data, ev: ev}
+	d := decoded{seq: r.Sequence, subject: r.Subject, raw: r.Data, ev: ev}
 	if r.Subject != "" {
 		if err := ev.CheckSubject(r.Subject); err != nil {
 			return fail(err)
@@ -109,8 +115,17 @@ func decodeRecord(r domain.Record) (decoded, error) {
 	if err != nil {
 		return fail(err)
 	}
-	d.catalog = c.List()
+	d.catalog, d.catalogVersion = c.List(), c.Version()
 	return d, nil
+}
+
+// decodeDelivery decodes a delivery of the stream tail; a message the tail
+// set aside is not decoded, only carried (to advance the checkpoint).
+func decodeDelivery(d eventstore.Delivery) (decoded, error) {
+	if d.Rejected != "" {
+		return decoded{seq: d.Sequence, subject: d.Subject, rejected: d.Rejected}, nil
+	}
+	return decodeRecord(d.Record)
 }
 
 // decodeRecords decodes recs, which must be in ascending stream sequence.
@@ -142,6 +157,8 @@ type statements struct {
 	insertAudit      string
 	upsertPerms      string
 	deletePerms      string
+	keyVersions      string
+	catalogVersion   string
 }
 
 func statementsFor(t Tables) *statements {
@@ -165,16 +182,16 @@ ON CONFLICT (key_id) DO UPDATE SET
   version = excluded.version, last_seq = excluded.last_seq
 WHERE t.last_seq < excluded.last_seq`,
 		upsertVerif: `INSERT INTO ` + id(t.Verification) + ` AS t
-  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq)
+  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq)
 SELECT u.digest, u.key_id, u.org_id, u.owner_type, u.owner_id, u.name, u.permissions::text[], u.expires_at,
-       u.status, u.metadata::jsonb, u.last_seq
+       u.status, u.metadata::jsonb, u.version, u.last_seq
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::timestamptz[], $9::text[], $10::text[], $11::int8[])
-  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq)
+            $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[])
+  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq)
 ON CONFLICT (digest) DO UPDATE SET
   key_id = excluded.key_id, org_id = excluded.org_id, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
   name = excluded.name, permissions = excluded.permissions, expires_at = excluded.expires_at,
-  status = excluded.status, metadata = excluded.metadata, last_seq = excluded.last_seq
+  status = excluded.status, metadata = excluded.metadata, version = excluded.version, last_seq = excluded.last_seq
 WHERE t.last_seq < excluded.last_seq`,
 		insertAudit: `INSERT INTO ` + id(t.Audit) + `
   (seq, org_id, key_id, event_id, type, occurred_at, envelope)
@@ -182,12 +199,14 @@ SELECT u.seq, u.org_id, u.key_id, u.event_id, u.type, u.occurred_at, u.envelope:
 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
   AS u(seq, org_id, key_id, event_id, type, occurred_at, envelope)
 ON CONFLICT (seq) DO NOTHING`,
-		upsertPerms: `INSERT INTO ` + id(t.Permissions) + ` AS t (slug, description, status, last_seq)
-SELECT u.slug, u.description, u.status, $4::int8
+		upsertPerms: `INSERT INTO ` + id(t.Permissions) + ` AS t (slug, description, status, last_seq, version)
+SELECT u.slug, u.description, u.status, $4::int8, $5::int8
 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(slug, description, status)
 ON CONFLICT (slug) DO UPDATE SET
-  description = excluded.description, status = excluded.status, last_seq = excluded.last_seq
+  description = excluded.description, status = excluded.status, last_seq = excluded.last_seq, version = excluded.version
 WHERE t.last_seq < excluded.last_seq`,
+		keyVersions:    `SELECT key_id, version, status FROM ` + id(t.Keys) + ` WHERE key_id = ANY($1::text[])`,
+		catalogVersion: `SELECT coalesce(max(version), 0) FROM ` + id(t.Permissions),
 		// The catalog event carries the whole catalog: a slug missing from
 		// it is gone (the domain never removes one today).
 		deletePerms: `DELETE FROM ` + id(t.Permissions) + ` WHERE last_seq < $2::int8 AND slug <> ALL($1::text[])`,
@@ -200,9 +219,10 @@ type rows struct {
 	verif verifRows
 	audit auditRows
 
-	hasCatalog bool
-	catalogSeq int64
-	perms      permRows
+	hasCatalog     bool
+	catalogSeq     int64
+	catalogVersion int64
+	perms          permRows
 }
 
 type keyRows struct {
@@ -217,7 +237,7 @@ type verifRows struct {
 	keyID, orgID, ownerType, ownerID, name, permissions, status []string
 	expiresAt                                                   []pgtype.Timestamptz
 	metadata                                                    []string
-	lastSeq                                                     []int64
+	version, lastSeq                                            []int64
 }
 
 type auditRows struct {
@@ -239,6 +259,9 @@ func buildRows(ds []decoded) (*rows, error) {
 	lastDigest := make(map[string]int, len(ds)) // digest -> index in ds
 	lastCatalog := -1
 	for i, d := range ds {
+		if d.rejected != "" {
+			continue
+		}
 		if d.key == nil {
 			lastCatalog = i
 			continue
@@ -261,7 +284,7 @@ func buildRows(ds []decoded) (*rows, error) {
 		}
 	}
 	for i, d := range ds {
-		if d.key == nil {
+		if d.key == nil || d.rejected != "" {
 			continue
 		}
 		if lastDigest[string(d.digest)] == i {
@@ -278,7 +301,7 @@ func buildRows(ds []decoded) (*rows, error) {
 
 // setCatalog makes the catalog of catalog event d the permission rows.
 func (rs *rows) setCatalog(d decoded) {
-	rs.hasCatalog, rs.catalogSeq = true, int64(d.seq)
+	rs.hasCatalog, rs.catalogSeq, rs.catalogVersion = true, int64(d.seq), d.catalogVersion
 	for _, p := range d.catalog {
 		rs.perms.slug = append(rs.perms.slug, p.Slug)
 		rs.perms.description = append(rs.perms.description, p.Description)
@@ -325,6 +348,7 @@ func (r *verifRows) add(d decoded) error {
 	r.expiresAt = append(r.expiresAt, timestamptz(k.ExpiresAt))
 	r.status = append(r.status, k.Status)
 	r.metadata = append(r.metadata, md)
+	r.version = append(r.version, k.Version)
 	r.lastSeq = append(r.lastSeq, int64(d.seq))
 	return nil
 }
@@ -347,14 +371,14 @@ func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 	}
 	if v := &rs.verif; len(v.keyID) > 0 {
 		b.Queue(stmts.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
-			v.expiresAt, v.status, v.metadata, v.lastSeq)
+			v.expiresAt, v.status, v.metadata, v.version, v.lastSeq)
 	}
 	if a := &rs.audit; len(a.seq) > 0 {
 		b.Queue(stmts.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
 	}
 	if rs.hasCatalog {
 		p := &rs.perms
-		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq)
+		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq, rs.catalogVersion)
 		b.Queue(stmts.deletePerms, p.slug, rs.catalogSeq)
 	}
 }
@@ -382,9 +406,19 @@ func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 // Errors: *EventError for an event whose rows cannot be built (nothing is
 // then applied; the caller should roll back), and Postgres errors.
 func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, error) {
+	applied, _, err := applyChecked(ctx, tx, stmts, ds)
+	return applied, err
+}
+
+// applyChecked is applyDecoded that also returns the events it set aside:
+// those the tail rejected (signature) and those that break the invariants
+// on apply (eventstore.KeyInvariant, eventstore.CatalogInvariant) against
+// the tables' state. Set-aside events change no row; the checkpoint moves
+// past them.
+func applyChecked(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, []eventstore.Rejection, error) {
 	last, err := lockCheckpoint(ctx, tx, stmts)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	i := 0
 	for i < len(ds) && ds[i].seq <= last {
@@ -392,8 +426,82 @@ func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decode
 	}
 	ds = ds[i:]
 	if len(ds) == 0 {
-		return last, nil
+		return last, nil, nil
 	}
+	rejected, err := checkInvariants(ctx, tx, stmts, ds)
+	if err != nil {
+		return 0, nil, err
+	}
+	applied, err := applyRows(ctx, tx, stmts, ds)
+	return applied, rejected, err
+}
+
+// checkInvariants marks (decoded.rejected) the events of ds that break the
+// invariants on apply, given the tables' state and the events of ds before
+// them, and returns every event of ds set aside. One query for the keys of
+// the batch, one for the catalog's version.
+func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) ([]eventstore.Rejection, error) {
+	type keyAt struct {
+		version int64
+		revoked bool
+	}
+	var ids []string
+	for _, d := range ds {
+		if d.rejected == "" && d.key != nil {
+			ids = append(ids, d.key.ID)
+		}
+	}
+	keys := make(map[string]keyAt, len(ids))
+	if len(ids) > 0 {
+		rows, err := tx.Query(ctx, stmts.keyVersions, ids)
+		if err != nil {
+			return nil, fmt.Errorf("projections: reading key versions: %w", err)
+		}
+		for rows.Next() {
+			var id, status string
+			var v int64
+			if err := rows.Scan(&id, &v, &status); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("projections: reading key versions: %w", err)
+			}
+			keys[id] = keyAt{version: v, revoked: status == domain.StatusRevoked}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("projections: reading key versions: %w", err)
+		}
+	}
+	catalog := int64(-1) // read when needed
+	var out []eventstore.Rejection
+	for i := range ds {
+		d := &ds[i]
+		switch {
+		case d.rejected != "":
+		case d.key != nil:
+			cur, known := keys[d.key.ID]
+			if d.rejected = eventstore.KeyInvariant(known, cur.version, cur.revoked, d.key.Version); d.rejected == "" {
+				keys[d.key.ID] = keyAt{version: d.key.Version, revoked: d.key.Status == domain.StatusRevoked}
+			}
+		default:
+			if catalog < 0 {
+				if err := tx.QueryRow(ctx, stmts.catalogVersion).Scan(&catalog); err != nil {
+					return nil, fmt.Errorf("projections: reading the catalog version: %w", err)
+				}
+			}
+			if d.rejected = eventstore.CatalogInvariant(catalog, d.catalogVersion); d.rejected == "" {
+				catalog = d.catalogVersion
+			}
+		}
+		if d.rejected != "" {
+			out = append(out, eventstore.Rejection{Sequence: d.seq, Subject: d.subject, Reason: d.rejected})
+		}
+	}
+	return out, nil
+}
+
+// applyRows writes the events of ds not set aside and moves the checkpoint
+// to ds's last sequence.
+func applyRows(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, error) {
 	rs, err := buildRows(ds)
 	if err != nil {
 		return 0, err

@@ -2,7 +2,6 @@ package verifier
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -75,14 +74,20 @@ func WithNATSAuth(a NATSAuth) Option {
 // dials NATS at natsURL (reconnecting forever, every 250ms; see WithNATSAuth
 // for credentials files and TLS) and Postgres at
 // databaseURL (keyd's database; "" to boot by replaying the stream and not
-// track last use), builds a verifier whose digests use deploymentSecret
-// (keyd's KEYD_SECRET), and starts it. It returns once the verifier has
-// caught up with the stream. ctx bounds the connecting and the boot only;
-// the verifier runs until Close, which also closes both connections. Errors
-// never show a password or token of natsURL.
-func Connect(ctx context.Context, natsURL, databaseURL string, deploymentSecret []byte, opts ...Option) (*Verifier, error) {
-	if len(deploymentSecret) == 0 {
-		return nil, errors.New("verifier: the deployment secret is empty (keyd's KEYD_SECRET)")
+// track last use), builds a verifier from credential (a verifier credential,
+// kvc_…, as `keyd verifier-credential` prints it: KEYD_VERIFIER_CREDENTIAL),
+// and starts it. It returns once the verifier has caught up with the stream.
+// ctx bounds the connecting and the boot only; the verifier runs until
+// Close, which also closes both connections. Errors never show a password
+// or token of natsURL, nor the credential.
+//
+// The credential holds only the digest key and keyd's public event key: the
+// verifier checks events' signatures and computes digests, and nothing in it
+// can sign events or widget sessions.
+func Connect(ctx context.Context, natsURL, databaseURL, credential string, opts ...Option) (*Verifier, error) {
+	cred, err := domain.ParseVerifierCredential(credential)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: KEYD_VERIFIER_CREDENTIAL: %w", err)
 	}
 	var o connectOptions
 	for _, opt := range opts {
@@ -115,7 +120,7 @@ func Connect(ctx context.Context, natsURL, databaseURL string, deploymentSecret 
 		}
 	}
 	cfg := o.cfg
-	cfg.Pool, cfg.JS, cfg.Conn, cfg.Digester = pool, js, nc, domain.NewDigester(deploymentSecret)
+	cfg.Pool, cfg.JS, cfg.Conn, cfg.Digester, cfg.EventKey = pool, js, nc, cred.Digester(), cred.EventKey()
 	v := New(cfg)
 	if pool != nil {
 		v.closers = append(v.closers, pool.Close)
