@@ -170,8 +170,15 @@ func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listen
 		return fmt.Errorf("starting the verifier: %w", err)
 	}
 
+	// Creates check their grants against the catalog held in memory, not
+	// a read of the stream per create (domain.Service.catalogFor).
+	catalogs := eventstore.NewCatalogWatcher(a.Store)
+	catalogs.OnError = func(err error) { a.log.Debug("catalog watcher", "err", err) }
+	if err := catalogs.Start(bg); err != nil {
+		return fmt.Errorf("watching the permission catalog: %w", err)
+	}
 	a.Service = &domain.Service{
-		Store: a.Store, Idempotency: idem, Digester: digester, Prefix: a.cfg.KeyPrefix,
+		Store: a.Store, Idempotency: idem, Catalogs: catalogs, Digester: digester, Prefix: a.cfg.KeyPrefix,
 		Now: time.Now, Rand: rand.Reader,
 	}
 	a.Runner = &commands.Runner{
