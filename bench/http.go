@@ -165,7 +165,7 @@ func runVerifyHTTP(ctx context.Context, r *runner) (Result, error) {
 			"postgres_p99_ms":    ms(diy.lat.pct(0.99)),
 			"postgres_ratio":     round(keyd.rps/diy.rps, 2),
 			"postgres_pool":      conns,
-			"last_use":           "written to keys.last_used_at in batches every 2s as keyd does; random keys make nearly every verification a key's first use within the second (the worst case); no_last_use_* is the same route with the batches dropped; leftovers flushed after each round, untimed",
+			"last_use":           "written to keys.last_used_at in batches every 2s as keyd does, each key at most once per resolution (default 1 minute); random keys over this many keys make nearly every verification in the run a key's first use in its window (the worst case); no_last_use_* is the same route with the batches dropped; leftovers flushed after each round, untimed",
 			"leftover_flush_s":   round(flushTook.Seconds(), 3),
 			"client":             "in-process net/http, MaxIdleConnsPerHost = conns, random keys, one request per connection at a time",
 		},
