@@ -30,17 +30,17 @@ type batch struct {
 func (f *follower) run(ctx context.Context, tail *eventstore.Tail) error {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := make(chan batch, 1)
+	// Unbuffered: a batch is handed over when the applier is free, and
+	// grows until then (handOver).
+	batches := make(chan batch)
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(batches)
 		for {
 			b, err := f.readBatch(rctx, tail)
 			if len(b.ds) > 0 {
-				select {
-				case batches <- b:
-				case <-rctx.Done():
-					readErr <- rctx.Err()
+				if herr := f.handOver(rctx, tail, &b, batches, err == nil); herr != nil {
+					readErr <- herr
 					return
 				}
 			}
@@ -59,6 +59,34 @@ func (f *follower) run(ctx context.Context, tail *eventstore.Tail) error {
 		}
 	}
 	return <-readErr
+}
+
+// handOver passes b to the applier. While the applier is still busy with
+// the previous batch, it keeps adding the events that arrive (with grow,
+// up to BatchSize), so the batches grow with the load: one transaction
+// carries what came in while the last one committed. An event that cannot
+// be decoded is returned as the error after b was handed over.
+func (f *follower) handOver(ctx context.Context, tail *eventstore.Tail, b *batch, batches chan<- batch, grow bool) error {
+	size := f.p.batchSize()
+	var addErr error
+	for grow && addErr == nil && len(b.ds) < size {
+		select {
+		case batches <- *b:
+			return nil
+		case d := <-tail.C():
+			addErr = f.add(b, d)
+		case <-tail.Done():
+			grow = false // the next Next returns why
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	select {
+	case batches <- *b:
+		return addErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // readBatch reads the next batch: it waits for an event, then takes every

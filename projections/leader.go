@@ -59,9 +59,14 @@ func (p *Projector) session(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("projections: %w", err)
 		}
-		if ok {
-			p.update(func(s *ProjectorStatus) { s.Applied = cp })
-		}
+		// The lock connection answers: whatever failed before is over (a
+		// standby is as healthy as it can be).
+		p.update(func(s *ProjectorStatus) {
+			if ok {
+				s.Applied = cp
+			}
+			s.Err = nil
+		})
 		if got {
 			return p.lead(ctx, conn)
 		}

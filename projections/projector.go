@@ -81,9 +81,14 @@ type ProjectorStatus struct {
 	StreamLast uint64
 	LagEvents  uint64
 	LagSeconds float64
+	// ConsumerRestarts counts the stream consumers the watchdog replaced
+	// because they stopped delivering while the stream moved (see
+	// eventstore.Tail).
+	ConsumerRestarts uint64
 	// Err is why the projection stopped (an *EventError,
-	// eventstore.ErrGap, eventstore.ErrCheckpointAhead), or the last transient failure while it retries;
-	// nil once a batch is applied again.
+	// eventstore.ErrGap, eventstore.ErrCheckpointAhead), or the last
+	// transient failure while it retries; nil again once a session holds
+	// its lock connection (a standby that answers the lock query is fine).
 	Err error
 }
 
@@ -162,8 +167,10 @@ func (p *Projector) update(f func(s *ProjectorStatus)) {
 // the leader stops writing at once (its transaction in flight is rolled
 // back) and stands by again. The leader also yields the lock to a session
 // that waits for it (Rebuild). Postgres or NATS failures are logged and kept
-// in Status().Err; the projector then steps down and tries again with
-// backoff. Correctness does not rest on the lock alone: each batch locks the
+// in Status().Err (cleared once a session holds its lock connection again,
+// leading or standing by); the projector then steps down and tries again
+// with backoff, or as soon as Postgres and NATS answer again when one of
+// them was down. Correctness does not rest on the lock alone: each batch locks the
 // checkpoint row and skips what it covers.
 func (p *Projector) Run(ctx context.Context) error {
 	defer p.update(func(s *ProjectorStatus) { s.Leader = false })
@@ -199,12 +206,68 @@ func (p *Projector) Run(ctx context.Context) error {
 			p.update(func(s *ProjectorStatus) { s.Err = err })
 			p.log.Warn("projector failed; retrying", "projection", p.tables.Checkpoint, "retry_in", backoff, "err", err)
 		}
-		select {
-		case <-ctx.Done():
+		p.pause(ctx, backoff)
+		if ctx.Err() != nil {
 			return nil
-		case <-time.After(backoff):
 		}
 	}
+}
+
+// depPoll is how often a projector that failed with Postgres or NATS down
+// checks whether they are back.
+const depPoll = 200 * time.Millisecond
+
+// pause waits d before the next session. When Postgres or NATS is down it
+// returns as soon as both answer again (checked every depPoll), so the
+// projection resumes within a moment of the dependency's return rather
+// than at the end of its backoff; otherwise (the failure is elsewhere) it
+// waits all of d.
+func (p *Projector) pause(ctx context.Context, d time.Duration) {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	up := p.dependenciesUp(ctx)
+	var tick <-chan time.Time
+	if !up {
+		t := time.NewTicker(depPoll)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline.C:
+			return
+		case <-tick:
+			if p.dependenciesUp(ctx) {
+				return
+			}
+		}
+	}
+}
+
+// dependenciesUp reports whether the NATS connection is up and Postgres
+// answers a ping.
+func (p *Projector) dependenciesUp(ctx context.Context) bool {
+	if nc := p.js.Conn(); nc != nil && !nc.IsConnected() {
+		return false
+	}
+	pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	return p.pool.Ping(pctx) == nil
+}
+
+// consumerRestarted logs a replacement of the stream consumer by the tail's
+// watchdog and counts it (ProjectorStatus.ConsumerRestarts).
+func (p *Projector) consumerRestarted(r eventstore.TailRestart) {
+	if r.Err != nil {
+		p.log.Warn("projector: the stream consumer stalled and could not be replaced yet; retrying", "projection", p.tables.Checkpoint,
+			"from", r.From, "stream_last", r.StreamLast, "idle", r.Idle.Round(time.Millisecond), "err", r.Err)
+		return
+	}
+	p.update(func(s *ProjectorStatus) { s.ConsumerRestarts++ })
+	p.log.Warn("projector: the stream consumer stalled behind a moving stream; replaced it", "projection", p.tables.Checkpoint,
+		"from", r.From, "stream_last", r.StreamLast, "idle", r.Idle.Round(time.Millisecond), "took", r.Took.Round(time.Millisecond))
 }
 
 func isFatal(err error) bool {
@@ -233,7 +296,7 @@ func (p *Projector) follow(ctx context.Context) error {
 	p.update(func(s *ProjectorStatus) { s.Applied, s.StreamLast, s.Err = cp, state.LastSeq, nil })
 	p.log.Info("projector leading", "projection", p.tables.Checkpoint, "checkpoint", cp, "stream_last", state.LastSeq)
 
-	tail, err := events.Tail(ctx, cp+1, eventstore.TailOptions{MaxMessages: max(2*p.batchSize(), 500)})
+	tail, err := events.Tail(ctx, cp+1, eventstore.TailOptions{MaxMessages: max(2*p.batchSize(), 500), OnRestart: p.consumerRestarted})
 	if err != nil {
 		return err
 	}

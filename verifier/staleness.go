@@ -114,13 +114,27 @@ func (c *contact) advanced(seq uint64) {
 	}
 }
 
-// probeLoop asks for the stream's last sequence every probeEvery, and logs
-// when the verifier turns stale and when it recovers.
+// staleProbeEvery bounds the probe interval while the verifier is stale,
+// so it answers again within a moment of the stream's return.
+const staleProbeEvery = 200 * time.Millisecond
+
+// probeLoop asks for the stream's last sequence every probeEvery (at most
+// every staleProbeEvery while stale), and logs when the verifier turns
+// stale and when it recovers.
 func (v *Verifier) probeLoop(ctx context.Context) {
-	t := time.NewTicker(v.probeEvery)
+	t := time.NewTimer(v.probeEvery)
 	defer t.Stop()
 	var lastErr error
-	for {
+	for first := true; ; first = false {
+		if !first {
+			every := v.probeEvery
+			v.contact.mu.Lock()
+			if v.contact.lost {
+				every = min(every, staleProbeEvery)
+			}
+			v.contact.mu.Unlock()
+			t.Reset(every)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -132,7 +132,8 @@ func (v *Verifier) everBooted() bool {
 // longer holds it) is errReplay; otherwise a gap is logged.
 func (v *Verifier) consume(ctx context.Context, events *eventstore.Events, a *applier, fromSnapshot bool, target uint64, infoAt time.Duration) error {
 	start := a.applied + 1
-	tail, err := events.Tail(ctx, start, eventstore.TailOptions{Heartbeat: v.heartbeat, OnError: v.consumeError})
+	tail, err := events.Tail(ctx, start, eventstore.TailOptions{Heartbeat: v.heartbeat, OnError: v.consumeError,
+		StallAfter: v.stallAfter, OnRestart: v.consumerRestarted})
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
 	}
@@ -270,6 +271,21 @@ func (v *Verifier) consumeError(err error) {
 	}
 	v.log.Warn("verifier: event stream consumer error (it recreates itself)", "err", err,
 		"nats_connected", v.nc != nil && v.nc.IsConnected())
+}
+
+// consumerRestarted logs a replacement of the stream consumer by the tail's
+// watchdog (it stopped delivering while the stream moved: on a cluster, an
+// ordered consumer re-created on a server that had just died) and counts
+// it (Status.ConsumerRestarts).
+func (v *Verifier) consumerRestarted(r eventstore.TailRestart) {
+	if r.Err != nil {
+		v.log.Warn("verifier: the event stream consumer stalled and could not be replaced yet; retrying",
+			"applied", v.applied.Load(), "stream_last", r.StreamLast, "idle", r.Idle.Round(time.Millisecond), "err", r.Err)
+		return
+	}
+	v.consumerRestarts.Add(1)
+	v.log.Warn("verifier: the event stream consumer stalled behind a moving stream; replaced it",
+		"from", r.From, "stream_last", r.StreamLast, "idle", r.Idle.Round(time.Millisecond), "took", r.Took.Round(time.Millisecond))
 }
 
 // bootInfo records how the verifier booted.

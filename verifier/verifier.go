@@ -162,6 +162,7 @@ type Verifier struct {
 	maxStaleness time.Duration
 	heartbeat    time.Duration
 	probeEvery   time.Duration
+	stallAfter   time.Duration // the tail's watchdog (eventstore.TailOptions.StallAfter)
 
 	keys    *keyTable
 	nkeys   atomic.Int64
@@ -179,8 +180,10 @@ type Verifier struct {
 	lastConsumeLog atomic.Int64
 	lastRejectLog  atomic.Int64
 	rejected       atomic.Uint64
-	used           usedQueue
-	coarse         coarseClock // Verify's clock when realClock
+	// consumerRestarts counts the tail watchdog's replacements.
+	consumerRestarts atomic.Uint64
+	used             usedQueue
+	coarse           coarseClock // Verify's clock when realClock
 
 	// Lifecycle.
 	started   atomic.Bool
@@ -236,6 +239,9 @@ func New(cfg Config) *Verifier {
 	// quickly.
 	v.probeEvery = min(max(v.maxStaleness/5, 10*time.Millisecond), 2*time.Second)
 	v.heartbeat = min(max(v.maxStaleness/3, 500*time.Millisecond), time.Second) // the client allows 500ms-30s
+	// A stalled consumer is replaced well within a second, so a
+	// revocation reaches this verifier in under a second even then.
+	v.stallAfter = min(eventstore.DefaultStallAfter, max(v.maxStaleness/4, 50*time.Millisecond))
 	v.contact.init()
 	v.coarse.set(&v.contact, time.Now())
 	v.coarse.idle.Store(true)
@@ -476,11 +482,18 @@ func (v *Verifier) Ready() bool { return v.unavailable() == nil }
 type Status struct {
 	Ready bool `json:"ready"` // Verify gives verdicts (see Ready)
 	// Stale: booted, but cut off from the stream longer than MaxStaleness.
-	Stale        bool          `json:"stale"`
-	Applied      uint64        `json:"applied"`       // last stream sequence applied
-	StreamLast   uint64        `json:"stream_last"`   // the stream's last sequence when last asked
+	Stale      bool   `json:"stale"`
+	Applied    uint64 `json:"applied"`     // last stream sequence applied
+	StreamLast uint64 `json:"stream_last"` // the stream's last sequence when last asked
+	// LagEvents is StreamLast - Applied: events the stream held, when last
+	// asked, that the verifier has not applied yet.
+	LagEvents    uint64        `json:"lag_events"`
 	SinceContact time.Duration `json:"since_contact"` // since the verifier last knew it was caught up
 	Keys         int           `json:"keys"`          // keys held in memory
+	// ConsumerRestarts counts the stream consumers replaced because they
+	// stopped delivering while the stream moved (eventstore.Tail's
+	// watchdog).
+	ConsumerRestarts uint64 `json:"consumer_restarts"`
 	// Err is why the verifier is not ready when it is not a matter of
 	// time: an event it could not apply. Nil otherwise.
 	Err error `json:"-"`
@@ -490,13 +503,15 @@ type Status struct {
 func (v *Verifier) Status() Status {
 	since := v.contact.since()
 	s := Status{
-		Ready:        v.Ready(),
-		Stale:        v.booted.Load() && since > v.maxStaleness,
-		Applied:      max(v.applied.Load(), v.progress.Load()),
-		StreamLast:   max(v.contact.streamLast.Load(), v.applied.Load()),
-		SinceContact: since,
-		Keys:         int(v.nkeys.Load()),
+		Ready:            v.Ready(),
+		Stale:            v.booted.Load() && since > v.maxStaleness,
+		Applied:          max(v.applied.Load(), v.progress.Load()),
+		StreamLast:       max(v.contact.streamLast.Load(), v.applied.Load()),
+		SinceContact:     since,
+		Keys:             int(v.nkeys.Load()),
+		ConsumerRestarts: v.consumerRestarts.Load(),
 	}
+	s.LagEvents = s.StreamLast - min(s.Applied, s.StreamLast)
 	if f := v.failed.Load(); f != nil {
 		s.Err = f.err
 	}

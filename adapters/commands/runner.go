@@ -75,6 +75,11 @@ type Runner struct {
 	// rotate or retire, whose reply is still a success (nil: not logged). Failed
 	// commands are logged by their transport.
 	Log *slog.Logger
+	// StoreConnected, when set, reports whether the event store's NATS
+	// connection is up. While it is not, every command answers
+	// unavailable at once (storeDown) instead of waiting out its deadline
+	// on a store that cannot answer.
+	StoreConnected func() bool
 }
 
 // Run decodes payload as the named command and runs it for org (ignored for
@@ -93,6 +98,9 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 			r.Metrics.ObserveCommand(name, outcome, time.Since(start))
 		}
 	}()
+	if err := r.storeDown(); err != nil {
+		return nil, err
+	}
 	switch name {
 	case Create:
 		var c domain.CreateKey
@@ -172,6 +180,16 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	}
 	return nil, domain.Errorf(domain.EInvalid, "unknown command %q; commands are create, revoke, set_permissions, update, rotate (keyd.cmd.keys.<org>.<command>) and define, retire (keyd.cmd.permissions.<command>)", name)
+}
+
+// storeDown returns unavailable while the event store's NATS connection is
+// known to be down (StoreConnected), nil otherwise. Nothing is stored then,
+// so a retry is safe.
+func (r *Runner) storeDown() error {
+	if r.StoreConnected == nil || r.StoreConnected() {
+		return nil
+	}
+	return domain.Errorf(domain.EUnavailable, "the event store (NATS) is disconnected; nothing was stored; retry once it is back")
 }
 
 // replyWhenApplied waits for the local verifier to apply seq, then returns

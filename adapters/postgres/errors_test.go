@@ -3,6 +3,10 @@ package postgres
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"syscall"
 	"testing"
 	"time"
 
@@ -10,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/internal/testenv"
 )
 
 // TestUnreachableDatabaseIsUnavailable: reads on a database nobody answers
@@ -50,5 +55,65 @@ func TestClassifyLeavesOtherErrorsAlone(t *testing.T) {
 	}
 	if got := domain.ErrorCode(classify(&pgconn.PgError{Code: "57P01"})); got != domain.EUnavailable {
 		t.Errorf("admin shutdown: %q", got)
+	}
+}
+
+// TestReadCutMidQueryIsUnavailable: a read in flight when the database's
+// connection breaks without a word (a server crash: here a proxy on the
+// way closes it) is unavailable (503, retry), not internal.
+func TestReadCutMidQueryIsUnavailable(t *testing.T) {
+	t.Parallel()
+	_, direct := newReadModel(t) // migrated database
+	u, err := url.Parse(direct.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.NewProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	ctx := testCtx(t)
+	pool, err := Open(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	r := NewReadModel(pool, nil)
+	if _, err := r.AppliedSequence(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the checkpoint table so the read waits on the server, then cut.
+	tx, err := direct.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `LOCK TABLE projection_checkpoints IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { _, err := r.AppliedSequence(ctx); errc <- err }()
+	time.Sleep(200 * time.Millisecond) // the read is in flight
+	proxy.Cut()
+	select {
+	case err := <-errc:
+		if got := domain.ErrorCode(err); got != domain.EUnavailable {
+			t.Fatalf("a read cut mid-query: code %q (%v), want unavailable", got, err)
+		}
+		t.Logf("cut read: %v (cause: %v)", err, errors.Unwrap(err))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cut read did not return")
+	}
+}
+
+func TestClassifyConnectionLevelErrors(t *testing.T) {
+	t.Parallel()
+	for _, err := range []error{
+		fmt.Errorf("read the read models' applied sequence: %w", io.ErrUnexpectedEOF),
+		fmt.Errorf("x: %w", pgconn.ErrConnClosed),
+		fmt.Errorf("x: %w", syscall.ECONNRESET),
+		&pgconn.PgError{Code: "57P02"}, // crash shutdown
+	} {
+		if got := domain.ErrorCode(classify(err)); got != domain.EUnavailable {
+			t.Errorf("classify(%v): code %q, want unavailable", err, got)
+		}
 	}
 }

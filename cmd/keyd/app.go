@@ -182,7 +182,7 @@ func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listen
 		Now: time.Now, Rand: rand.Reader,
 	}
 	a.Runner = &commands.Runner{
-		Service: a.Service, Metrics: a.Metrics, Log: a.log,
+		Service: a.Service, Metrics: a.Metrics, Log: a.log, StoreConnected: nc.IsConnected,
 		WaitApplied: func(ctx context.Context, seq uint64) error {
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
@@ -235,6 +235,15 @@ func (a *App) registerGauges() {
 	m.Gauge("keyd_verifier_keys", "Keys held by the in-memory verifier.", func() float64 {
 		return float64(a.Verifier.Status().Keys)
 	})
+	m.Gauge("keyd_verifier_lag_events", "Events the stream held when the verifier last asked that it has not applied yet.", func() float64 {
+		return float64(a.Verifier.Status().LagEvents)
+	})
+	m.CounterFunc("keyd_verifier_consumer_restarts_total", "Stream consumers of the verifier replaced because they stopped delivering while the stream moved.", func() float64 {
+		return float64(a.Verifier.Status().ConsumerRestarts)
+	})
+	m.CounterFunc("keyd_projection_consumer_restarts_total", "Stream consumers of the projection replaced because they stopped delivering while the stream moved.", func() float64 {
+		return float64(a.Projector.Status().ConsumerRestarts)
+	})
 }
 
 // ready reports readiness: NATS connected, Postgres answering, projection
@@ -257,14 +266,15 @@ func (a *App) ready(ctx context.Context) (bool, map[string]any) {
 		detail["postgres"] = "ok"
 	}
 	ps := a.Projector.Status()
-	proj := map[string]any{"leader": ps.Leader, "applied": ps.Applied, "lag_events": ps.LagEvents}
+	proj := map[string]any{"leader": ps.Leader, "applied": ps.Applied, "lag_events": ps.LagEvents, "consumer_restarts": ps.ConsumerRestarts}
 	if ps.Err != nil {
 		ok = false
 		proj["error"] = ps.Err.Error()
 	}
 	detail["projection"] = proj
 	vs := a.Verifier.Status()
-	ver := map[string]any{"ready": vs.Ready, "stale": vs.Stale, "applied": vs.Applied, "keys": vs.Keys}
+	ver := map[string]any{"ready": vs.Ready, "stale": vs.Stale, "applied": vs.Applied, "keys": vs.Keys,
+		"lag_events": vs.LagEvents, "since_contact_ms": vs.SinceContact.Milliseconds(), "consumer_restarts": vs.ConsumerRestarts}
 	if !vs.Ready || vs.Stale {
 		ok = false
 	}

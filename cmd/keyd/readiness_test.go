@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -101,4 +103,83 @@ func TestReadinessFollowsDependencies(t *testing.T) {
 			t.Fatalf("verify after NATS returned: %d %s", st, code)
 		}
 	})
+}
+
+// TestReadinessAfterPostgresBlip: two keyd on one database (a projection
+// leader and a standby); Postgres refuses connections for a few seconds
+// (long enough for a retry backoff to grow). Once it accepts them again,
+// both answer /readyz 200 within a second (a standby's stale projector
+// error does not keep it unready), and the read models resume within a
+// second: a key created during the outage is listed.
+func TestReadinessAfterPostgresBlip(t *testing.T) {
+	t.Parallel()
+	const bound = time.Second
+	ns := testenv.RunServer(t, testenv.JetStreamOptions(t.TempDir()))
+	db := testenv.PostgresURL(t)
+	var ks []*running
+	for range 2 {
+		ks = append(ks, MustStart(t, map[string]string{"KEYD_ADMIN_TOKEN": testToken, "KEYD_SECRET": testSecret},
+			"serve", "--http", "127.0.0.1:0", "--nats-url", ns.ClientURL(), "--database-url", db))
+	}
+	ready := func(k *running) int {
+		st, _, _ := httpDo(t, "GET", "http://"+k.App.HTTPAddr+"/readyz", "", nil)
+		return st
+	}
+	for i, k := range ks {
+		testenv.WaitFor(t, 20*time.Second, fmt.Sprintf("keyd %d ready at start", i), func() bool { return ready(k) == 200 })
+	}
+
+	u, _ := url.Parse(db)
+	dbName := strings.TrimPrefix(u.Path, "/")
+	admin, err := pgx.Connect(context.Background(), testenv.PostgresAdminURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	exec := func(sql string) {
+		t.Helper()
+		if _, err := admin.Exec(context.Background(), sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS false`)
+	exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '` + dbName + `'`)
+	for i, k := range ks {
+		testenv.WaitFor(t, 10*time.Second, fmt.Sprintf("keyd %d unready while Postgres refuses connections", i), func() bool { return ready(k) == 503 })
+	}
+	// Commands need no Postgres: a key created now is listed once the
+	// projection resumes.
+	st, created, _ := httpDo(t, "POST", "http://"+ks[0].App.HTTPAddr+"/v1/orgs/acme/keys", testToken, map[string]any{"name": "during the outage"})
+	if st != 201 {
+		t.Fatalf("create during the Postgres outage: %d %v", st, created)
+	}
+	seq := uint64(created["sequence"].(float64))
+	time.Sleep(4 * time.Second) // a backoff of 1, 2, 4 s would now be at its third step
+	exec(`ALTER DATABASE "` + dbName + `" ALLOW_CONNECTIONS true`)
+	back := time.Now()
+
+	readyAt := make([]time.Duration, len(ks))
+	var appliedAt time.Duration
+	for time.Since(back) < 30*time.Second && (appliedAt == 0 || slices.Contains(readyAt, 0)) {
+		for i, k := range ks {
+			if readyAt[i] == 0 && ready(k) == 200 {
+				readyAt[i] = time.Since(back)
+			}
+		}
+		if appliedAt == 0 && ks[0].App.Projector.Status().Applied >= seq && ks[1].App.Projector.Status().Applied >= seq {
+			appliedAt = time.Since(back)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("after Postgres returned: /readyz 200 after %v; read models at the outage's create (seq %d) after %v; leaders %t %t",
+		readyAt, seq, appliedAt, ks[0].App.Projector.Status().Leader, ks[1].App.Projector.Status().Leader)
+	for i, d := range readyAt {
+		if d == 0 || d > bound {
+			st, body, _ := httpDo(t, "GET", "http://"+ks[i].App.HTTPAddr+"/readyz", "", nil)
+			t.Errorf("keyd %d: /readyz 200 after %v, want within %s of Postgres's return (now %d %v)", i, d, bound, st, body)
+		}
+	}
+	if appliedAt == 0 || appliedAt > bound {
+		t.Errorf("the read models reached sequence %d %v after Postgres returned, want within %s", seq, appliedAt, bound)
+	}
 }
