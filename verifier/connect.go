@@ -12,7 +12,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyd-dev/keyd/domain"
-	"github.com/keyd-dev/keyd/internal/natsconn"
 )
 
 // Option configures Connect.
@@ -20,7 +19,6 @@ type Option func(*connectOptions)
 
 type connectOptions struct {
 	cfg      Config
-	auth     natsconn.Auth
 	natsOpts []nats.Option
 }
 
@@ -44,42 +42,13 @@ func WithNATSOptions(opts ...nats.Option) Option {
 	return func(o *connectOptions) { o.natsOpts = append(o.natsOpts, opts...) }
 }
 
-// NATSAuth names the files the verifier's NATS connection authenticates and
-// encrypts with, as keyd serve's --nats-creds, --nats-nkey, --nats-tls-ca,
-// --nats-tls-cert and --nats-tls-key do. Every field is optional.
-type NATSAuth struct {
-	// CredsFile is a .creds file: a user JWT and its nkey seed (operator
-	// mode servers).
-	CredsFile string
-	// NKeyFile is a file holding an nkey user seed (SU…). At most one of
-	// CredsFile and NKeyFile.
-	NKeyFile string
-	// TLSCAFile is a PEM file of the authorities the server's certificate
-	// is checked against (default: the system's).
-	TLSCAFile string
-	// TLSCertFile and TLSKeyFile are a PEM client certificate and its key,
-	// for servers that verify clients: both or neither.
-	TLSCertFile, TLSKeyFile string
-}
-
-// WithNATSAuth authenticates (and encrypts) the NATS connection with the
-// files of a. Connect checks them before dialing and fails naming the one at
-// fault.
-func WithNATSAuth(a NATSAuth) Option {
-	return func(o *connectOptions) {
-		o.auth = natsconn.Auth{Creds: a.CredsFile, NKey: a.NKeyFile, TLSCA: a.TLSCAFile, TLSCert: a.TLSCertFile, TLSKey: a.TLSKeyFile}
-	}
-}
-
 // Connect is the whole set-up for a program that embeds a verifier: it
-// dials NATS at natsURL (reconnecting forever, every 250ms; see WithNATSAuth
-// for credentials files and TLS) and Postgres at
+// dials NATS at natsURL (reconnecting forever, every 250ms) and Postgres at
 // databaseURL (keyd's database; "" to boot by replaying the stream and not
 // track last use), builds a verifier whose digests use deploymentSecret
 // (keyd's KEYD_SECRET), and starts it. It returns once the verifier has
 // caught up with the stream. ctx bounds the connecting and the boot only;
-// the verifier runs until Close, which also closes both connections. Errors
-// never show a password or token of natsURL.
+// the verifier runs until Close, which also closes both connections.
 func Connect(ctx context.Context, natsURL, databaseURL string, deploymentSecret []byte, opts ...Option) (*Verifier, error) {
 	if len(deploymentSecret) == 0 {
 		return nil, errors.New("verifier: the deployment secret is empty (keyd's KEYD_SECRET)")
@@ -88,19 +57,14 @@ func Connect(ctx context.Context, natsURL, databaseURL string, deploymentSecret 
 	for _, opt := range opts {
 		opt(&o)
 	}
-	authOpts, err := o.auth.Options()
-	if err != nil {
-		return nil, fmt.Errorf("verifier: %w", err)
-	}
 	natsOpts := append([]nats.Option{
 		nats.Name("keyd verifier"),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
-	}, authOpts...)
-	natsOpts = append(natsOpts, o.natsOpts...)
+	}, o.natsOpts...)
 	nc, err := nats.Connect(natsURL, natsOpts...)
 	if err != nil {
-		return nil, natsconn.ConnectError("verifier: connecting to NATS", natsURL, err)
+		return nil, fmt.Errorf("verifier: connecting to NATS at %s: %w", natsURL, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

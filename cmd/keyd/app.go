@@ -73,11 +73,8 @@ type App struct {
 // start builds and starts everything on established NATS connections: nc
 // for the event store, cmdNC (another connection) for the command
 // responder. Close closes both, whether start succeeded or not.
-func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listener) error {
-	a.NC, a.CommandNC = nc, cmdNC
-	if cmdNC == nil || nc == cmdNC {
-		return errors.New("keyd needs two NATS connections: one for the event store, one for the command responder")
-	}
+func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) error {
+	a.NC = nc
 	if !domain.ValidPrefix(a.cfg.KeyPrefix) {
 		return fmt.Errorf("--key-prefix %q must be 1 to %d letters, digits or underscores", a.cfg.KeyPrefix, domain.MaxPrefixLen)
 	}
@@ -172,8 +169,7 @@ func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listen
 	}
 	a.registerGauges()
 
-	a.responder = &natscmd.Responder{Conn: cmdNC, Runner: a.Runner, Log: a.log, Metrics: a.Metrics,
-		ReplyPrefixes: a.cfg.NATSReplyPrefixes}
+	a.responder = &natscmd.Responder{Conn: nc, Runner: a.Runner, Log: a.log}
 	if err := a.responder.Start(); err != nil {
 		return fmt.Errorf("subscribing to commands: %w", err)
 	}
@@ -253,7 +249,7 @@ func (a *App) registerGauges() {
 func (a *App) ready(ctx context.Context) (bool, map[string]any) {
 	ok := true
 	detail := map[string]any{}
-	if a.NC.IsConnected() && a.CommandNC.IsConnected() {
+	if a.NC.IsConnected() {
 		detail["nats"] = "ok"
 	} else {
 		ok = false
@@ -294,9 +290,6 @@ func (a *App) Close() {
 	defer cancel()
 	if a.responder != nil {
 		a.responder.Stop(ctx)
-	}
-	if a.CommandNC != nil {
-		_ = a.CommandNC.Drain()
 	}
 	if a.Verifier != nil {
 		_ = a.Verifier.FlushLastUsed(ctx)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyd-dev/keyd/adapters/postgres"
 	"github.com/keyd-dev/keyd/migrations"
@@ -102,7 +103,7 @@ func (m *Main) runRebuild(ctx context.Context, args []string) error {
 		return fmt.Errorf("connecting to NATS at %s: %w (set KEYD_NATS_URL; for keyd dev use the NATS URL it printed)", c.NATSURL, err)
 	}
 	defer nc.Close()
-	js, err := jetstreamNew(nc)
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return err
 	}
