@@ -130,12 +130,27 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 	if err := catalog.CheckGrantable(perms); err != nil {
 		return CreateKeyResult{}, false, err
 	}
+	o, _, err := s.loadOrg(ctx, org)
+	if err != nil {
+		return CreateKeyResult{}, false, err
+	}
+	if expires, err = o.Policy.ExpiresFor(expires, now); err != nil {
+		return CreateKeyResult{}, false, err
+	}
+	if err := o.Policy.CheckPermissions(perms); err != nil {
+		return CreateKeyResult{}, false, err
+	}
 	secret, err := s.newSecret()
 	if err != nil {
 		return CreateKeyResult{}, true, err
 	}
 	k := newKey(org, s.credential(keyID, secret), cmd.Name, perms, cmd.Metadata, expires, now)
-	res, err := s.appendNewKey(ctx, c, KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}, now)
+	var res CreateKeyResult
+	if o.Policy.MaxActiveKeys != nil {
+		res, err = s.appendCountedKey(ctx, c, KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}, now)
+	} else {
+		res, err = s.appendNewKey(ctx, c, KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}, now)
+	}
 	if err != nil {
 		return CreateKeyResult{}, true, err
 	}
@@ -165,4 +180,51 @@ func (s *Service) appendNewKey(ctx context.Context, c command, d KeyCreatedData,
 		return CreateKeyResult{}, storeError(err)
 	}
 	return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, nil
+}
+
+// appendCountedKey appends the key.created event d together with
+// org.keys_counted on its organization's subject, under max_active_keys:
+// both in one atomic batch, the organization's guarded by its last
+// sequence, so of racing creates for the last slot exactly one lands; the
+// others read the organization again and are refused (failed_precondition).
+func (s *Service) appendCountedKey(ctx context.Context, c command, d KeyCreatedData, now time.Time) (CreateKeyResult, error) {
+	k := d.Key
+	data, err := s.event(EventKeyCreated, k.OrgID, k.ID, now, c, d)
+	if err != nil {
+		return CreateKeyResult{}, err
+	}
+	// Racing creates conflict once per create that lands; allow many rounds.
+	for attempt := 1; attempt <= 10*s.attempts(); attempt++ {
+		o, oseq, err := s.loadOrg(ctx, k.OrgID)
+		if err != nil {
+			return CreateKeyResult{}, err
+		}
+		if o.Policy.MaxActiveKeys == nil {
+			return s.appendNewKey(ctx, c, d, now)
+		}
+		next, err := s.admitKey(ctx, o, k.ID, k.ExpiresAt, "", s.now())
+		if err != nil {
+			return CreateKeyResult{}, err
+		}
+		odata, err := s.event(EventOrgKeysCounted, k.OrgID, "", now, c, OrgEventData{Org: next})
+		if err != nil {
+			return CreateKeyResult{}, err
+		}
+		seq, err := s.Store.Append(ctx,
+			AppendMsg{Subject: KeySubject(k.OrgID, k.ID), MsgID: c.id + ":" + k.ID, Type: EventKeyCreated, Data: data},
+			AppendMsg{Subject: OrgSubject(k.OrgID), ExpectedSequence: oseq, MsgID: c.id + ":org", Type: EventOrgKeysCounted, Data: odata})
+		if err == nil {
+			return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return CreateKeyResult{}, storeError(err)
+		}
+		if got, found, lerr := load(ctx, s.Store, keyAggregate(k.OrgID, k.ID)); lerr == nil && found {
+			if got.event.CommandID == c.id && got.state.Version == 1 {
+				return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, nil
+			}
+			return CreateKeyResult{}, Errorf(EConflict, "key id %s is already taken; retry", k.ID)
+		}
+	}
+	return CreateKeyResult{}, Errorf(EConflict, "organization %s is being changed by other writers; retry", k.OrgID)
 }

@@ -66,6 +66,11 @@ type change[S any] struct {
 	// startsSubject marks the first event on its subject (a new key): it
 	// is appended only if the subject is still empty.
 	startsSubject bool
+	// subj, when set, is the event's subject (an organization event);
+	// expected, with subj, its subject's last sequence as the command read
+	// it.
+	subj     string
+	expected uint64
 }
 
 // keyChange is the change of event typ with payload d on d's key.
@@ -75,6 +80,9 @@ func keyChange(typ string, d keyEventData) change[KeyState] {
 }
 
 func (c change[S]) subject() string {
+	if c.subj != "" {
+		return c.subj
+	}
 	if c.keyID == "" {
 		return CatalogSubject
 	}
@@ -174,9 +182,17 @@ func mutate[S any](ctx context.Context, s *Service, w write[S], decide func(st S
 			if c.startsSubject {
 				m.ExpectedSequence = 0
 			}
+			if c.subj != "" {
+				m.ExpectedSequence, m.MsgID = c.expected, w.cmd.id+":org"
+			}
 			msgs = append(msgs, m)
 		}
 		done := outcome[S]{state: changes[len(changes)-1].after, changes: changes}
+		for _, c := range changes {
+			if c.subj == "" { // an organization event rides along; its after is not S
+				done.state = c.after
+			}
+		}
 		done.seq, err = s.Store.Append(ctx, msgs...)
 		if err == nil {
 			return done, nil
