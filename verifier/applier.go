@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"net/netip"
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
@@ -41,6 +42,7 @@ func (a *applier) reset() {
 	a.work = new([nShards]table)
 	a.applied = 0
 	a.keys = 0
+	a.v.policyCIDRs.Store(nil)
 }
 
 // presize makes the (booting) tables ready for n keys.
@@ -151,11 +153,46 @@ func (a *applier) apply(subject string, data []byte) error {
 		a.put(d, &ent)
 		return nil
 	}
+	if ev.IsOrgEvent() {
+		o, err := ev.OrgState()
+		if err != nil {
+			return err
+		}
+		return a.setPolicyCIDRs(o.Policy.OrgID, o.Policy.AllowedCIDRs)
+	}
 	c, err := ev.Catalog()
 	if err != nil {
 		return err
 	}
 	a.setCatalog(c.List())
+	return nil
+}
+
+// setPolicyCIDRs takes an organization's allowed_cidrs (nil: none): every
+// verification of its keys applies them as soon as this returns.
+func (a *applier) setPolicyCIDRs(org string, cidrs []string) error {
+	var ps []netip.Prefix
+	for _, c := range cidrs {
+		p, err := domain.ParseCIDR(c)
+		if err != nil {
+			return fmt.Errorf("organization %s: allowed_cidrs %q: %w", org, c, err)
+		}
+		ps = append(ps, p)
+	}
+	cur := a.v.policyCIDRs.Load()
+	if cur == nil && ps == nil {
+		return nil
+	}
+	next := map[string][]netip.Prefix{}
+	if cur != nil {
+		next = maps.Clone(*cur)
+	}
+	if ps == nil {
+		delete(next, org)
+	} else {
+		next[org] = ps
+	}
+	a.v.policyCIDRs.Store(&next)
 	return nil
 }
 
@@ -234,6 +271,8 @@ func (a *applier) loadRow(vals [][]byte) error {
 		perms:   a.in.permList(vals[6], a.retired),
 		meta:    emptyMetadata,
 		revoked: string(vals[8]) == domain.StatusRevoked,
+
+		suspended: string(vals[8]) == domain.StatusSuspended,
 	}
 	if vals[7] != nil {
 		us, ok := parseInt(vals[7])

@@ -67,6 +67,8 @@ type entry struct {
 	expires *time.Time // nil: never
 	meta    map[string]string
 	revoked bool
+	// suspended: verification answers suspended (after revoked, expired).
+	suspended bool
 }
 
 // keyIDLen is the length of every key id: "key_" and a ULID.
@@ -253,6 +255,8 @@ func (in *interner) entryFromKey(k *domain.KeyState, retired map[string]struct{}
 		perms:   in.permSlice(k.Permissions, retired),
 		meta:    in.metadataMap(k.Metadata),
 		revoked: k.Status == domain.StatusRevoked,
+
+		suspended: k.Status == domain.StatusSuspended,
 	}
 	if k.ExpiresAt != nil {
 		t := k.ExpiresAt.UTC()

@@ -96,6 +96,26 @@ func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, e
 		a.retired[s] = struct{}{}
 	}
 
+	// Organization policies' allowed_cidrs (0003_lifecycle.sql; a
+	// database without the table has none).
+	rows, err = tx.Query(ctx, `SELECT org_id, allowed_cidrs FROM `+migrations.PoliciesTable+` WHERE allowed_cidrs IS NOT NULL`)
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	type orgCIDRs struct {
+		Org   string
+		CIDRs []string
+	}
+	pols, err := pgx.CollectRows(rows, pgx.RowToStructByPos[orgCIDRs])
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	for _, p := range pols {
+		if err := a.setPolicyCIDRs(p.Org, p.CIDRs); err != nil {
+			return snapshotResult{}, fmt.Errorf("policies: %w", err)
+		}
+	}
+
 	// Size the tables up front: no rehashing while loading.
 	var count int64
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+migrations.VerificationTable).Scan(&count); err != nil {

@@ -27,6 +27,13 @@
 //	POST   /v1/keys/verify                                verify a key (in-memory verifier)
 //	POST   /v1/widget/sessions                            issue a widget session
 //	GET    /v1/widget/session                  (session) describe the caller's session
+//	POST   /v1/orgs/{org}/keys/{key_id}/suspend       (W) suspend
+//	POST   /v1/orgs/{org}/keys/{key_id}/resume        (W) resume
+//	PUT    /v1/orgs/{org}/keys/{key_id}/expiry        (W) set_expiry
+//	GET    /v1/orgs/{org}/keys/{key_id}/history       (W) the key's history
+//	GET    /v1/orgs/{org}/policy                      (W) the organization's policy
+//	PUT    /v1/orgs/{org}/policy                          set_policy
+//	POST   /v1/leaks                                      secret-scanning leak reports (leaks.go)
 //	GET    /healthz, /readyz, /metrics
 package httpapi
 
@@ -112,6 +119,9 @@ type Server struct {
 	MinSequenceWait time.Duration
 	// RequestTimeout bounds each request (DefaultRequestTimeout if zero).
 	RequestTimeout time.Duration
+	// LeakKeys are the public keys leak reports may be signed with
+	// (--leak-signing-keys); nil: only the admin token may report.
+	LeakKeys *LeakKeys
 
 	once    sync.Once
 	handler http.Handler
@@ -203,6 +213,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	r.handle("POST /v1/keys/verify", adminOnly, s.verify)
 	r.handle("POST /v1/widget/sessions", adminOnly, s.createSession)
 	r.handle("GET /v1/widget/session", sessionOnly, s.getSession)
+	s.lifecycleRoutes(r)
 
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)

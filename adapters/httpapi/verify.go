@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"net/netip"
 	"net/http"
 
 	"github.com/keyd-dev/keyd/adapters/commands"
@@ -11,6 +12,9 @@ import (
 type verifyRequest struct {
 	Key         *string  `json:"key"`
 	Permissions []string `json:"permissions"`
+	// ClientIP is the address of the client that presented the key, for
+	// allowed_cidrs (organization policies).
+	ClientIP *string `json:"client_ip"`
 }
 
 // verify answers POST /v1/keys/verify from this process's in-memory
@@ -38,7 +42,16 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 		return
 	}
 	// An empty or mistyped key is a well-formed request: 200, code malformed.
-	res, err := s.Verifier.Verify(r.Context(), *req.Key, req.Permissions...)
+	var client netip.Addr
+	if req.ClientIP != nil {
+		a, err := netip.ParseAddr(*req.ClientIP)
+		if err != nil {
+			s.writeError(w, r, domain.Errorf(domain.EInvalid, "client_ip %q is not an IPv4 or IPv6 address", *req.ClientIP))
+			return
+		}
+		client = a
+	}
+	res, err := s.Verifier.VerifyFrom(r.Context(), *req.Key, client, req.Permissions...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -157,7 +157,23 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 
 	a.Service = &domain.Service{
 		Store: a.Store, Idempotency: idem, Digester: digester, Prefix: a.cfg.KeyPrefix,
-		Now: time.Now, Rand: rand.Reader,
+		Now: time.Now, Rand: rand.Reader, OrgKeys: a.Reads.ActiveKeyIDs,
+	}
+	// Expiry notices, beside the projection leader (projections/notices.go).
+	notices := &projections.NoticeScheduler{
+		Pool: a.Pool, Service: a.Service, Log: a.log,
+		IsLeader: func() bool { return a.Projector.Status().Leader },
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		_ = notices.Run(bg)
+	}()
+	var leakKeys *httpapi.LeakKeys
+	if a.cfg.LeakSigningKeys != "" {
+		if leakKeys, err = httpapi.LoadLeakKeys(a.cfg.LeakSigningKeys); err != nil {
+			return err
+		}
 	}
 	a.Runner = &commands.Runner{
 		Service: a.Service, Metrics: a.Metrics, Log: a.log,
@@ -178,7 +194,7 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	api := &httpapi.Server{
 		Runner: a.Runner, Reads: a.Reads, AdminToken: a.cfg.AdminToken, Sessions: a.Sessions,
 		Metrics: a.Metrics, Ready: a.ready, WidgetOrigins: a.cfg.widgetOrigins(),
-		AllowLocalhostOrigins: a.dev, Log: a.log, Verifier: a.Verifier,
+		AllowLocalhostOrigins: a.dev, Log: a.log, Verifier: a.Verifier, LeakKeys: leakKeys,
 		Extra: func(mux *http.ServeMux) {
 			mux.Handle("GET /widget/keyd-api-keys.js", widget.ScriptHandler())
 			if a.dev {

@@ -30,6 +30,7 @@ type Config struct {
 	VerifierMaxStaleness time.Duration
 	WidgetOrigins        string
 	LogLevel             string
+	LeakSigningKeys      string
 
 	// explicit holds the flags given on the command line or in the
 	// environment (a taken port is then an error, not a fallback).
@@ -51,6 +52,7 @@ var flagEnv = map[string]string{
 	"verifier-max-staleness": "KEYD_VERIFIER_MAX_STALENESS",
 	"widget-origins":         "KEYD_WIDGET_ORIGINS",
 	"log-level":              "KEYD_LOG_LEVEL",
+	"leak-signing-keys":      "KEYD_LEAK_SIGNING_KEYS",
 }
 
 // newFlagSet declares the flags of one subcommand; only the named ones.
@@ -75,6 +77,7 @@ func newFlagSet(name string, c *Config, names ...string) *flag.FlagSet {
 	str(&c.KeyPrefix, "key-prefix", "sk", "prefix of new secrets: letters, digits and _")
 	str(&c.WidgetOrigins, "widget-origins", "", "comma-separated origins allowed to call the widget routes (CORS)")
 	str(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	str(&c.LeakSigningKeys, "leak-signing-keys", "", "file of public keys (GitHub's {\"public_keys\": [...]} format) that leak reports to POST /v1/leaks may be signed with")
 	if want["stream-replicas"] {
 		fs.IntVar(&c.StreamReplicas, "stream-replicas", 1, "replicas of KEYD_EVENTS when keyd creates it (3 on a JetStream cluster) (env KEYD_STREAM_REPLICAS)")
 	}

@@ -20,7 +20,7 @@ import (
 func (m *Main) runServe(ctx context.Context, args []string) error {
 	var c Config
 	fs := newFlagSet("serve", &c, "nats-url", "http", "database-url", "admin-token", "secret",
-		"key-prefix", "stream-replicas", "verifier-max-staleness", "widget-origins", "log-level")
+		"key-prefix", "stream-replicas", "verifier-max-staleness", "widget-origins", "log-level", "leak-signing-keys")
 	fs.SetOutput(m.Stderr)
 	if err := c.parse(fs, args, m.Getenv); err != nil {
 		return err
