@@ -1,8 +1,8 @@
 package httpapi
 
 import (
-	"net/netip"
 	"net/http"
+	"net/netip"
 
 	"github.com/keyd-dev/keyd/adapters/commands"
 	"github.com/keyd-dev/keyd/domain"
