@@ -300,7 +300,10 @@ var noticeActor = Actor{Type: "system", ID: "keyd"}
 // Every process may call it for the same key at once: the notice's message
 // id is the key, the type and the expiry time, and the append is guarded by
 // the key subject's last sequence, so at most one lands; the others reload
-// and find it sent. appended is false when it was not due (or sent).
+// and find it sent, or their append, with the same message id, is answered
+// as the duplicate it is. appended is true when this call's append landed
+// or was answered as such a duplicate; false when the notice was not due
+// (or already sent).
 func (s *Service) AppendNotice(ctx context.Context, org, keyID, typ string) (appended bool, seq uint64, err error) {
 	if err := checkKeyRef(org, keyID); err != nil {
 		return false, 0, err
