@@ -388,3 +388,23 @@ func TestReportLeak(t *testing.T) {
 		})
 	}
 }
+
+// A second, different policy replaces the first: guarded by the
+// organization subject's own last sequence, not by 0 (a regression: every
+// set_policy after the first was refused as a conflict).
+func TestSetPolicyReplaces(t *testing.T) {
+	e := newEnv(t)
+	for i, notice := range []int64{3600, 7200, 60} {
+		res, err := e.svc.SetPolicy(e.ctx, "org_1", domain.SetPolicy{ExpiryNoticeSeconds: ptr(notice)})
+		if err != nil {
+			t.Fatalf("set_policy %d: %v", i+1, err)
+		}
+		if res.Policy.Version != int64(i+1) || res.Policy.ExpiryNoticeSeconds != notice || res.Sequence != e.lastSeq() {
+			t.Fatalf("set_policy %d: %+v (stream at %d)", i+1, res, e.lastSeq())
+		}
+	}
+	got, err := e.svc.Policy(e.ctx, "org_1")
+	if err != nil || got.Policy.ExpiryNoticeSeconds != 60 || got.Policy.Version != 3 {
+		t.Fatalf("policy read back: %+v, %v", got, err)
+	}
+}

@@ -183,7 +183,13 @@ func mutate[S any](ctx context.Context, s *Service, w write[S], decide func(st S
 				m.ExpectedSequence = 0
 			}
 			if c.subj != "" {
-				m.ExpectedSequence, m.MsgID = c.expected, w.cmd.id+":org"
+				m.MsgID = w.cmd.id + ":org"
+				if c.subj != w.subject {
+					// An organization event riding along a key event is
+					// guarded by its own subject's sequence; one on the
+					// aggregate's own subject (set_policy) by cur.seq.
+					m.ExpectedSequence = c.expected
+				}
 			}
 			msgs = append(msgs, m)
 		}
