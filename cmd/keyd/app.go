@@ -157,7 +157,7 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 
 	a.Service = &domain.Service{
 		Store: a.Store, Idempotency: idem, Digester: digester, Prefix: a.cfg.KeyPrefix,
-		Now: time.Now, Rand: rand.Reader, OrgKeys: a.Reads.ActiveKeyIDs,
+		Now: time.Now, Rand: rand.Reader, OrgKeys: a.orgKeys,
 	}
 	// Expiry notices, beside the projection leader (projections/notices.go).
 	notices := &projections.NoticeScheduler{
@@ -323,4 +323,19 @@ func (a *App) Close() {
 	if a.Pool != nil {
 		a.Pool.Close()
 	}
+}
+
+// orgKeys lists an organization's keys that are not revoked, for counting
+// them when a policy turns max_active_keys on (domain.OrgKeys): from the read
+// model once it has applied everything in the stream now, so a key created
+// just before the set_policy is counted too.
+func (a *App) orgKeys(ctx context.Context, org string) ([]string, error) {
+	seq, err := a.Store.LastSequence(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.Reads.WaitForSequence(ctx, seq, 5*time.Second); err != nil {
+		return nil, err
+	}
+	return a.Reads.ActiveKeyIDs(ctx, org)
 }
