@@ -324,7 +324,7 @@ func (s *Service) AppendNotice(ctx context.Context, org, keyID, typ string) (app
 			return false, l.seq, nil
 		}
 		id := "notice:" + typ + ":" + keyID + ":" + d.ExpiresAt.UTC().Format(time.RFC3339Nano)
-		data, err := s.event(typ, org, keyID, now, command{id: id, actor: noticeActor}, d)
+		data, err := s.event(typ, org, keyID, now, command{id: id, actor: noticeActor}, l.seq, d)
 		if err != nil {
 			return false, 0, err
 		}

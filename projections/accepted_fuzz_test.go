@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -140,6 +141,7 @@ func FuzzAcceptedCommands(f *testing.F) {
 // acceptWorld is the one keyd every input of a process runs on.
 type acceptWorld struct {
 	ctx       context.Context
+	logs      *testenv.SyncBuffer
 	events    *testworld.Events
 	runner    *commands.Runner
 	projector *projections.Projector
@@ -171,16 +173,20 @@ func newAcceptWorld(f *testing.F) *acceptWorld {
 		f.Fatal(err)
 	}
 	svc.Idempotency = idem
-	log := testenv.Logger(f)
+	// Not testenv.Logger: f's log may not be written while inputs run. The
+	// logs are shown when an input fails.
+	logs := &testenv.SyncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	w := &acceptWorld{
-		ctx: ctx, events: events, org: "fuzzorg",
+		ctx: ctx, logs: logs, events: events, org: "fuzzorg",
 		reads:     postgres.NewReadModel(pool, nil),
 		projector: projections.NewProjector(pool, events.JS, log),
 		projDone:  make(chan error, 1),
 	}
+	w.projector.EventKey = events.EventKey
 	go func() { w.projDone <- w.projector.Run(ctx) }()
 	f.Cleanup(func() { cancel(); <-w.projDone })
-	w.verifier = verifier.New(verifier.Config{Pool: pool, JS: events.JS, Conn: events.Conn, Digester: svc.Digester, Log: log, LastUsedInterval: -1})
+	w.verifier = verifier.New(verifier.Config{Pool: pool, JS: events.JS, Conn: events.Conn, Digester: svc.Digester, EventKey: events.EventKey, Log: log, LastUsedInterval: -1})
 	if err := w.verifier.Start(ctx); err != nil {
 		f.Fatal(err)
 	}
@@ -320,10 +326,22 @@ func (w *acceptWorld) check(t *testing.T, a accepted) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(w.ctx, applyTimeout)
 	defer cancel()
+	var failingSince time.Time
 	for {
 		st := w.projector.Status()
 		if st.Applied >= a.seq {
 			break
+		}
+		// A projector that keeps failing on the command's event will not
+		// get past it (it retries with backoff): say so without waiting
+		// out applyTimeout.
+		switch {
+		case st.Err == nil:
+			failingSince = time.Time{}
+		case failingSince.IsZero():
+			failingSince = time.Now()
+		case time.Since(failingSince) > 3*time.Second:
+			w.fail(t, "the projector keeps failing before applying %s %s (sequence %d): applied %d, error %v", a.name, a.reply, a.seq, st.Applied, st.Err)
 		}
 		select {
 		case err := <-w.projDone:
@@ -399,5 +417,5 @@ func (w *acceptWorld) checkKey(t *testing.T, ctx context.Context, a accepted, id
 func (w *acceptWorld) fail(t *testing.T, format string, args ...any) {
 	t.Helper()
 	w.broken = fmt.Sprintf(format, args...)
-	t.Fatal(w.broken)
+	t.Fatalf("%s\nkeyd's warnings and errors so far:\n%s", w.broken, w.logs.String())
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/migrations"
 )
 
@@ -73,12 +74,17 @@ func (e *EventError) Unwrap() error { return e.Err }
 // decoded is one record, decoded and checked, ready to apply.
 type decoded struct {
 	seq     uint64
-	raw     []byte // the envelope as stored
-	ev      domain.Event
-	key     *domain.KeyState    // key events
-	digest  []byte              // key events: the digest, decoded from hex
-	catalog []domain.Permission // catalog events: the full catalog after it
-	org     *domain.OrgState    // organization events: the organization after it
+	subject string
+	// rejected is why the event is set aside ("": it is not): by the
+	// stream tail (signature) or by the invariants on apply.
+	rejected       string
+	raw            []byte // the envelope as stored
+	ev             domain.Event
+	key            *domain.KeyState    // key events
+	digest         []byte              // key events: the digest, decoded from hex
+	catalog        []domain.Permission // catalog events: the full catalog after it
+	catalogVersion int64               // catalog events: the catalog's version after it
+	org            *domain.OrgState    // organization events: the organization after it
 }
 
 // decodeRecord decodes a stream record. Errors are *EventError.
@@ -90,7 +96,7 @@ func decodeRecord(r domain.Record) (decoded, error) {
 	if err != nil {
 		return fail(err)
 	}
-	d := decoded{seq: r.Sequence, raw: r.Data, ev: ev}
+	d := decoded{seq: r.Sequence, subject: r.Subject, raw: r.Data, ev: ev}
 	if r.Subject != "" {
 		if err := ev.CheckSubject(r.Subject); err != nil {
 			return fail(err)
@@ -120,8 +126,17 @@ func decodeRecord(r domain.Record) (decoded, error) {
 	if err != nil {
 		return fail(err)
 	}
-	d.catalog = c.List()
+	d.catalog, d.catalogVersion = c.List(), c.Version()
 	return d, nil
+}
+
+// decodeDelivery decodes a delivery of the stream tail; a message the tail
+// set aside is not decoded, only carried (to advance the checkpoint).
+func decodeDelivery(d eventstore.Delivery) (decoded, error) {
+	if d.Rejected != "" {
+		return decoded{seq: d.Sequence, subject: d.Subject, rejected: d.Rejected}, nil
+	}
+	return decodeRecord(d.Record)
 }
 
 // decodeRecords decodes recs, which must be in ascending stream sequence.
@@ -153,7 +168,10 @@ type statements struct {
 	insertAudit      string
 	upsertPerms      string
 	deletePerms      string
+	keyVersions      string
+	catalogVersion   string
 	upsertPolicies   string
+	orgVersions      string
 }
 
 func statementsFor(t Tables) *statements {
@@ -182,16 +200,16 @@ ON CONFLICT (key_id) DO UPDATE SET
   expiring_noticed = excluded.expiring_noticed, expired_noticed = excluded.expired_noticed
 WHERE t.last_seq < excluded.last_seq`,
 		upsertVerif: `INSERT INTO ` + id(t.Verification) + ` AS t
-  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq)
+  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq)
 SELECT u.digest, u.key_id, u.org_id, u.owner_type, u.owner_id, u.name, u.permissions::text[], u.expires_at,
-       u.status, u.metadata::jsonb, u.last_seq
+       u.status, u.metadata::jsonb, u.version, u.last_seq
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::timestamptz[], $9::text[], $10::text[], $11::int8[])
-  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq)
+            $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[])
+  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq)
 ON CONFLICT (digest) DO UPDATE SET
   key_id = excluded.key_id, org_id = excluded.org_id, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
   name = excluded.name, permissions = excluded.permissions, expires_at = excluded.expires_at,
-  status = excluded.status, metadata = excluded.metadata, last_seq = excluded.last_seq
+  status = excluded.status, metadata = excluded.metadata, version = excluded.version, last_seq = excluded.last_seq
 WHERE t.last_seq < excluded.last_seq`,
 		insertAudit: `INSERT INTO ` + id(t.Audit) + `
   (seq, org_id, key_id, event_id, type, occurred_at, envelope)
@@ -199,22 +217,25 @@ SELECT u.seq, u.org_id, u.key_id, u.event_id, u.type, u.occurred_at, u.envelope:
 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
   AS u(seq, org_id, key_id, event_id, type, occurred_at, envelope)
 ON CONFLICT (seq) DO NOTHING`,
-		upsertPerms: `INSERT INTO ` + id(t.Permissions) + ` AS t (slug, description, status, last_seq)
-SELECT u.slug, u.description, u.status, $4::int8
+		upsertPerms: `INSERT INTO ` + id(t.Permissions) + ` AS t (slug, description, status, last_seq, version)
+SELECT u.slug, u.description, u.status, $4::int8, $5::int8
 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(slug, description, status)
 ON CONFLICT (slug) DO UPDATE SET
-  description = excluded.description, status = excluded.status, last_seq = excluded.last_seq
+  description = excluded.description, status = excluded.status, last_seq = excluded.last_seq, version = excluded.version
 WHERE t.last_seq < excluded.last_seq`,
+		keyVersions:    `SELECT key_id, version, status FROM ` + id(t.Keys) + ` WHERE key_id = ANY($1::text[])`,
+		catalogVersion: `SELECT coalesce(max(version), 0) FROM ` + id(t.Permissions),
 		// The catalog event carries the whole catalog: a slug missing from
 		// it is gone (the domain never removes one today).
 		deletePerms: `DELETE FROM ` + id(t.Permissions) + ` WHERE last_seq < $2::int8 AND slug <> ALL($1::text[])`,
-		upsertPolicies: `INSERT INTO ` + id(t.Policies) + ` AS t (org_id, policy, expiry_notice_seconds, allowed_cidrs, last_seq)
-SELECT u.org_id, u.policy::jsonb, u.notice, CASE WHEN u.cidrs = '' THEN NULL ELSE u.cidrs::text[] END, u.last_seq
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[]) AS u(org_id, policy, notice, cidrs, last_seq)
+		upsertPolicies: `INSERT INTO ` + id(t.Policies) + ` AS t (org_id, policy, expiry_notice_seconds, allowed_cidrs, last_seq, version)
+SELECT u.org_id, u.policy::jsonb, u.notice, CASE WHEN u.cidrs = '' THEN NULL ELSE u.cidrs::text[] END, u.last_seq, u.version
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[]) AS u(org_id, policy, notice, cidrs, last_seq, version)
 ON CONFLICT (org_id) DO UPDATE SET
   policy = excluded.policy, expiry_notice_seconds = excluded.expiry_notice_seconds,
-  allowed_cidrs = excluded.allowed_cidrs, last_seq = excluded.last_seq
+  allowed_cidrs = excluded.allowed_cidrs, last_seq = excluded.last_seq, version = excluded.version
 WHERE t.last_seq < excluded.last_seq`,
+		orgVersions: `SELECT org_id, version FROM ` + id(t.Policies) + ` WHERE org_id = ANY($1::text[])`,
 	}
 }
 
@@ -224,16 +245,17 @@ type rows struct {
 	verif verifRows
 	audit auditRows
 
-	hasCatalog bool
-	catalogSeq int64
-	perms      permRows
+	hasCatalog     bool
+	catalogSeq     int64
+	catalogVersion int64
+	perms          permRows
 
 	policies policyRows
 }
 
 type policyRows struct {
-	orgID, policy, cidrs []string
-	notice, lastSeq      []int64
+	orgID, policy, cidrs     []string
+	notice, lastSeq, version []int64
 }
 
 func (r *policyRows) add(d decoded) error {
@@ -251,6 +273,7 @@ func (r *policyRows) add(d decoded) error {
 	r.notice = append(r.notice, p.ExpiryNoticeSeconds)
 	r.cidrs = append(r.cidrs, cidrs)
 	r.lastSeq = append(r.lastSeq, int64(d.seq))
+	r.version = append(r.version, d.org.Version)
 	return nil
 }
 
@@ -267,7 +290,7 @@ type verifRows struct {
 	keyID, orgID, ownerType, ownerID, name, permissions, status []string
 	expiresAt                                                   []pgtype.Timestamptz
 	metadata                                                    []string
-	lastSeq                                                     []int64
+	version, lastSeq                                            []int64
 }
 
 type auditRows struct {
@@ -290,6 +313,9 @@ func buildRows(ds []decoded) (*rows, error) {
 	lastCatalog := -1
 	lastOrg := map[string]int{}
 	for i, d := range ds {
+		if d.rejected != "" {
+			continue
+		}
 		if d.org != nil {
 			lastOrg[d.org.Policy.OrgID] = i
 			continue
@@ -316,7 +342,7 @@ func buildRows(ds []decoded) (*rows, error) {
 		}
 	}
 	for i, d := range ds {
-		if d.key == nil {
+		if d.key == nil || d.rejected != "" {
 			continue
 		}
 		if lastDigest[string(d.digest)] == i {
@@ -343,7 +369,7 @@ func buildRows(ds []decoded) (*rows, error) {
 
 // setCatalog makes the catalog of catalog event d the permission rows.
 func (rs *rows) setCatalog(d decoded) {
-	rs.hasCatalog, rs.catalogSeq = true, int64(d.seq)
+	rs.hasCatalog, rs.catalogSeq, rs.catalogVersion = true, int64(d.seq), d.catalogVersion
 	for _, p := range d.catalog {
 		rs.perms.slug = append(rs.perms.slug, p.Slug)
 		rs.perms.description = append(rs.perms.description, p.Description)
@@ -392,6 +418,7 @@ func (r *verifRows) add(d decoded) error {
 	r.expiresAt = append(r.expiresAt, timestamptz(k.ExpiresAt))
 	r.status = append(r.status, k.Status)
 	r.metadata = append(r.metadata, md)
+	r.version = append(r.version, k.Version)
 	r.lastSeq = append(r.lastSeq, int64(d.seq))
 	return nil
 }
@@ -414,17 +441,17 @@ func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 	}
 	if v := &rs.verif; len(v.keyID) > 0 {
 		b.Queue(stmts.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
-			v.expiresAt, v.status, v.metadata, v.lastSeq)
+			v.expiresAt, v.status, v.metadata, v.version, v.lastSeq)
 	}
 	if a := &rs.audit; len(a.seq) > 0 {
 		b.Queue(stmts.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
 	}
 	if p := &rs.policies; len(p.orgID) > 0 {
-		b.Queue(stmts.upsertPolicies, p.orgID, p.policy, p.notice, p.cidrs, p.lastSeq)
+		b.Queue(stmts.upsertPolicies, p.orgID, p.policy, p.notice, p.cidrs, p.lastSeq, p.version)
 	}
 	if rs.hasCatalog {
 		p := &rs.perms
-		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq)
+		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq, rs.catalogVersion)
 		b.Queue(stmts.deletePerms, p.slug, rs.catalogSeq)
 	}
 }
@@ -452,9 +479,19 @@ func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 // Errors: *EventError for an event whose rows cannot be built (nothing is
 // then applied; the caller should roll back), and Postgres errors.
 func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, error) {
+	applied, _, err := applyChecked(ctx, tx, stmts, ds)
+	return applied, err
+}
+
+// applyChecked is applyDecoded that also returns the events it set aside:
+// those the tail rejected (signature) and those that break the invariants
+// on apply (eventstore.KeyEventInvariant, CatalogInvariant, OrgInvariant) against
+// the tables' state. Set-aside events change no row; the checkpoint moves
+// past them.
+func applyChecked(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, []eventstore.Rejection, error) {
 	last, err := lockCheckpoint(ctx, tx, stmts)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	i := 0
 	for i < len(ds) && ds[i].seq <= last {
@@ -462,8 +499,123 @@ func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decode
 	}
 	ds = ds[i:]
 	if len(ds) == 0 {
-		return last, nil
+		return last, nil, nil
 	}
+	rejected, err := checkInvariants(ctx, tx, stmts, ds)
+	if err != nil {
+		return 0, nil, err
+	}
+	applied, err := applyRows(ctx, tx, stmts, ds)
+	return applied, rejected, err
+}
+
+// checkInvariants marks (decoded.rejected) the events of ds that break the
+// invariants on apply, given the tables' state and the events of ds before
+// them, and returns every event of ds set aside. One query for the keys of
+// the batch, one for its organizations, one for the catalog's version.
+func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) ([]eventstore.Rejection, error) {
+	type keyAt struct {
+		version int64
+		revoked bool
+	}
+	var ids []string
+	for _, d := range ds {
+		if d.rejected == "" && d.key != nil {
+			ids = append(ids, d.key.ID)
+		}
+	}
+	keys := make(map[string]keyAt, len(ids))
+	if len(ids) > 0 {
+		rows, err := tx.Query(ctx, stmts.keyVersions, ids)
+		if err != nil {
+			return nil, fmt.Errorf("projections: reading key versions: %w", err)
+		}
+		for rows.Next() {
+			var id, status string
+			var v int64
+			if err := rows.Scan(&id, &v, &status); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("projections: reading key versions: %w", err)
+			}
+			keys[id] = keyAt{version: v, revoked: status == domain.StatusRevoked}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("projections: reading key versions: %w", err)
+		}
+	}
+	orgs, err := orgVersions(ctx, tx, stmts, ds)
+	if err != nil {
+		return nil, err
+	}
+	catalog := int64(-1) // read when needed
+	var out []eventstore.Rejection
+	for i := range ds {
+		d := &ds[i]
+		switch {
+		case d.rejected != "":
+		case d.key != nil:
+			cur, known := keys[d.key.ID]
+			if d.rejected = eventstore.KeyEventInvariant(d.ev.Type, known, cur.version, cur.revoked, d.key.Version); d.rejected == "" {
+				keys[d.key.ID] = keyAt{version: d.key.Version, revoked: d.key.Status == domain.StatusRevoked}
+			}
+		case d.org != nil:
+			org := d.org.Policy.OrgID
+			if d.rejected = eventstore.OrgInvariant(orgs[org], d.org.Version); d.rejected == "" {
+				orgs[org] = d.org.Version
+			}
+		default:
+			if catalog < 0 {
+				if err := tx.QueryRow(ctx, stmts.catalogVersion).Scan(&catalog); err != nil {
+					return nil, fmt.Errorf("projections: reading the catalog version: %w", err)
+				}
+			}
+			if d.rejected = eventstore.CatalogInvariant(catalog, d.catalogVersion); d.rejected == "" {
+				catalog = d.catalogVersion
+			}
+		}
+		if d.rejected != "" {
+			out = append(out, eventstore.Rejection{Sequence: d.seq, Subject: d.subject, Reason: d.rejected})
+		}
+	}
+	return out, nil
+}
+
+// orgVersions reads the versions the tables hold for the organizations of
+// the organization events of ds (absent: none applied yet, 0).
+func orgVersions(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (map[string]int64, error) {
+	var ids []string
+	for _, d := range ds {
+		if d.rejected == "" && d.org != nil {
+			ids = append(ids, d.org.Policy.OrgID)
+		}
+	}
+	orgs := make(map[string]int64, len(ids))
+	if len(ids) == 0 {
+		return orgs, nil
+	}
+	rows, err := tx.Query(ctx, stmts.orgVersions, ids)
+	if err != nil {
+		return nil, fmt.Errorf("projections: reading organization versions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var v int64
+		if err := rows.Scan(&id, &v); err != nil {
+			return nil, fmt.Errorf("projections: reading organization versions: %w", err)
+		}
+		orgs[id] = v
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("projections: reading organization versions: %w", err)
+	}
+	return orgs, nil
+}
+
+// applyRows writes the events of ds not set aside and moves the checkpoint
+// to ds's last sequence.
+func applyRows(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, error) {
 	rs, err := buildRows(ds)
 	if err != nil {
 		return 0, err

@@ -4,10 +4,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
 )
 
 // applier owns the key state while it changes: it is used by one goroutine
@@ -17,16 +19,15 @@ type applier struct {
 	v       *Verifier
 	in      *interner
 	retired map[string]struct{} // retired catalog permissions
+	catalog int64               // the catalog's version (invariants on apply)
+	orgs    map[string]int64    // organizations' versions (invariants on apply)
 	applied uint64              // last stream sequence applied
 	keys    int
 
-	// While booting, keys go into private tables, published at once when
-	// the verifier has caught up.
-	work *[nShards]table
-	// After boot, a shard that gains keys is copied once per batch and
-	// published at the end of the batch.
-	fresh   [nShards]table
-	touched []int
+	// While booting, keys go into a private table, published at once when
+	// the verifier has caught up; after boot, into the live table (see
+	// table.go).
+	work *keyTable
 }
 
 func newApplier(v *Verifier) *applier {
@@ -39,133 +40,141 @@ func newApplier(v *Verifier) *applier {
 func (a *applier) reset() {
 	a.in = newInterner()
 	a.retired = map[string]struct{}{}
-	a.work = new([nShards]table)
+	a.catalog = 0
+	a.orgs = map[string]int64{}
+	a.work = newKeyTable()
 	a.applied = 0
 	a.keys = 0
 	a.v.policyCIDRs.Store(nil)
 }
 
-// presize makes the (booting) tables ready for n keys.
+// presize makes the (booting) table ready for n keys.
 func (a *applier) presize(n int) {
-	per := n / nShards
-	if per < 8 {
-		return
+	if a.work != nil {
+		a.work.reserve(n)
 	}
-	per += per / 8 // the shards' counts vary
-	for s := range a.work {
-		if a.work[s] == nil {
-			a.work[s] = make(table, per)
-		}
+}
+
+// table is the table the applier writes: the private one while booting,
+// else the live one.
+func (a *applier) table() *keyTable {
+	if a.work != nil {
+		return a.work
 	}
+	return a.v.keys
 }
 
 // put stores ent as the state of the key with digest d.
 func (a *applier) put(d domain.Digest, ent *entry) {
-	s := shardOf(&d)
-	var t table
-	if a.work != nil {
-		t = a.work[s]
-		if t == nil {
-			t = make(table)
-			a.work[s] = t
-		}
-	} else if t = a.fresh[s]; t == nil {
-		cur := *a.v.keys.shards[s].Load()
-		if sl := cur[d]; sl != nil {
-			a.store(sl, ent)
-			return
-		}
-		t = maps.Clone(cur)
-		if t == nil {
-			t = make(table)
-		}
-		a.fresh[s] = t
-		a.touched = append(a.touched, s)
-	}
-	if sl := t[d]; sl != nil {
+	t := a.table()
+	if sl := t.lookup(&d); sl != nil {
 		a.store(sl, ent)
 		return
 	}
-	t[d] = newSlot(ent)
+	t.insert(newSlot(&d, ent))
 	a.keys++
 }
 
-// store replaces the state in an existing slot by a copy of ent.
+// store replaces the state in an existing slot by a copy of ent, and
+// releases the metadata the old state held.
 func (a *applier) store(sl *slot, ent *entry) {
-	if old := sl.state.Load(); old.id() != ent.id() {
+	old := sl.state.Load()
+	if old.id() != ent.id() {
 		// Two keys with one digest: impossible short of a broken
 		// digester. Keep the first key; say so.
 		a.v.log.Error("verifier: two keys have the same digest; keeping the first",
 			"first", old.id(), "second", ent.id())
+		a.in.releaseMeta(ent.meta)
 		return
 	}
 	n := *ent
 	sl.state.Store(&n)
+	a.in.releaseMeta(old.meta)
 }
 
-// commit publishes the shards copied in this batch.
-func (a *applier) commit() {
-	for _, s := range a.touched {
-		t := a.fresh[s]
-		a.v.keys.shards[s].Store(&t)
-		a.fresh[s] = nil
+// current returns the state the applier holds for digest d (nil: none).
+func (a *applier) current(d *domain.Digest) *entry {
+	if sl := a.table().lookup(d); sl != nil {
+		return sl.state.Load()
 	}
-	a.touched = a.touched[:0]
+	return nil
+}
+
+// commit ends a batch: new keys are in the live table as soon as inserted
+// (see table.go); this publishes the count.
+func (a *applier) commit() {
 	a.v.nkeys.Store(int64(a.keys))
 }
 
-// publishWork publishes the tables built while booting.
+// publishWork publishes the table built while booting.
 func (a *applier) publishWork() {
-	for s, t := range a.work {
-		if t == nil {
-			a.v.keys.shards[s].Store(&emptyTable)
-		} else {
-			a.v.keys.shards[s].Store(&t)
-		}
-	}
+	a.v.keys.adopt(a.work)
 	a.work = nil
 	a.v.nkeys.Store(int64(a.keys))
 }
 
-// apply applies one event, stored on subject. Errors describe an event that
-// cannot be applied.
-func (a *applier) apply(subject string, data []byte) error {
+// apply applies one event, stored on subject. An event that breaks the
+// invariants on apply (eventstore.KeyEventInvariant, CatalogInvariant,
+// OrgInvariant) is not applied: rejected says why. Errors describe an event
+// that cannot be applied.
+func (a *applier) apply(subject string, data []byte) (rejected string, err error) {
 	ev, err := domain.DecodeEvent(data)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := ev.CheckSubject(subject); err != nil {
-		return err
+		return "", err
 	}
 	if ev.IsKeyEvent() {
 		k, err := ev.KeyState()
 		if err != nil {
-			return err
+			return "", err
 		}
 		var d domain.Digest
 		if len(k.Digest) != 2*len(d) {
-			return fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
+			return "", fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
 		}
 		if _, err := hex.Decode(d[:], []byte(k.Digest)); err != nil {
-			return fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
+			return "", fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
+		}
+		cur := a.current(&d)
+		known := cur != nil && cur.id() == k.ID
+		var version int64
+		var revoked bool
+		if known {
+			version, revoked = int64(cur.version), cur.revoked
+		}
+		if why := eventstore.KeyEventInvariant(ev.Type, known, version, revoked, k.Version); why != "" {
+			return why, nil
 		}
 		ent := a.in.entryFromKey(&k, a.retired)
 		a.put(d, &ent)
-		return nil
+		return "", nil
 	}
 	if ev.IsOrgEvent() {
 		o, err := ev.OrgState()
 		if err != nil {
-			return err
+			return "", err
 		}
-		return a.setPolicyCIDRs(o.Policy.OrgID, o.Policy.AllowedCIDRs)
+		if why := eventstore.OrgInvariant(a.orgs[o.Policy.OrgID], o.Version); why != "" {
+			return why, nil
+		}
+		if err := a.setPolicyCIDRs(o.Policy.OrgID, o.Policy.AllowedCIDRs); err != nil {
+			return "", err
+		}
+		a.orgs[o.Policy.OrgID] = o.Version
+		return "", nil
 	}
 	c, err := ev.Catalog()
 	if err != nil {
-		return err
+		return "", err
 	}
+	if why := eventstore.CatalogInvariant(a.catalog, c.Version()); why != "" {
+		return why, nil
+	}
+	a.catalog = c.Version()
 	a.setCatalog(c.List())
-	return nil
+	return "", nil
 }
 
 // setPolicyCIDRs takes an organization's allowed_cidrs (nil: none): every
@@ -223,24 +232,15 @@ func (a *applier) setCatalog(list []domain.Permission) {
 	}
 	a.in.forgetPerms()
 	a.commit()
-	tables := a.work
-	if tables == nil {
-		tables = new([nShards]table)
-		for s := range tables {
-			tables[s] = *a.v.keys.shards[s].Load()
+	a.table().each(func(sl *slot) {
+		ent := sl.state.Load()
+		if n := a.in.withoutRetired(ent, retired); n != ent {
+			sl.state.Store(n)
 		}
-	}
-	for _, t := range tables {
-		for _, sl := range t {
-			ent := sl.state.Load()
-			if n := a.in.withoutRetired(ent, retired); n != ent {
-				sl.state.Store(n)
-			}
-		}
-	}
+	})
 }
 
-// loadRow adds one row of snapshotQuery to the (private, booting) tables.
+// loadRow adds one row of snapshotQuery to the (private, booting) table.
 func (a *applier) loadRow(vals [][]byte) error {
 	if len(vals) != snapshotColumns {
 		return fmt.Errorf("%d columns, want %d", len(vals), snapshotColumns)
@@ -273,6 +273,11 @@ func (a *applier) loadRow(vals [][]byte) error {
 		revoked: string(vals[8]) == domain.StatusRevoked,
 
 		suspended: string(vals[8]) == domain.StatusSuspended,
+	}
+	if v, ok := parseInt(vals[10]); ok && v >= 0 && v <= math.MaxUint32 {
+		ent.version = uint32(v)
+	} else {
+		return fmt.Errorf("version %q is not a key version", vals[10])
 	}
 	if vals[7] != nil {
 		us, ok := parseInt(vals[7])

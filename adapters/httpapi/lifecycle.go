@@ -29,8 +29,8 @@ type historyList struct {
 // keyHistory answers GET /v1/orgs/{org}/keys/{key_id}/history?min_sequence=:
 // every event of the key, oldest first, each with the key right after it.
 // Errors: not_found; unavailable as for every read.
-func (s *Server) keyHistory(w http.ResponseWriter, r *http.Request, _ caller) {
-	if !s.readSequence(w, r) {
+func (s *Server) keyHistory(w http.ResponseWriter, r *http.Request, c caller) {
+	if !s.readSequence(w, r, c) {
 		return
 	}
 	h, err := s.Reads.KeyHistory(r.Context(), r.PathValue("org"), r.PathValue("key_id"))
@@ -44,13 +44,13 @@ func (s *Server) keyHistory(w http.ResponseWriter, r *http.Request, _ caller) {
 // keyAt answers GET /v1/orgs/{org}/keys/{key_id}?at=<RFC 3339>: the key as
 // of that instant. Errors: invalid_argument for a bad time; not_found
 // before the key existed.
-func (s *Server) keyAt(w http.ResponseWriter, r *http.Request, v string) {
+func (s *Server) keyAt(w http.ResponseWriter, r *http.Request, c caller, v string) {
 	at, err := time.Parse(time.RFC3339Nano, v)
 	if err != nil {
 		s.writeError(w, r, domain.Errorf(domain.EInvalid, "at must be an RFC 3339 time like 2026-01-02T15:04:05Z, got %q", v))
 		return
 	}
-	if !s.readSequence(w, r) {
+	if !s.readSequence(w, r, c) {
 		return
 	}
 	k, err := s.Reads.KeyAt(r.Context(), r.PathValue("org"), r.PathValue("key_id"), at)
