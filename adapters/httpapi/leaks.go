@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/keyd-dev/keyd/adapters/commands"
 	"github.com/keyd-dev/keyd/domain"
 )
 
@@ -134,12 +135,20 @@ func (s *Server) leaks(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var entries []leakEntry
+	if err := commands.CheckMembers(body, &entries); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	if err := json.Unmarshal(body, &entries); err != nil {
 		s.writeError(w, r, domain.Errorf(domain.EInvalid, `a leak report is a JSON array of {"token", "type", "url", "source"}`))
 		return
 	}
 	if len(entries) > MaxLeakEntries {
 		s.writeError(w, r, domain.Errorf(domain.ETooLarge, "a leak report holds at most %d entries, got %d", MaxLeakEntries, len(entries)))
+		return
+	}
+	if err := checkLeakText(entries); err != nil {
+		s.writeError(w, r, err)
 		return
 	}
 	if s.Verifier == nil {
@@ -164,6 +173,21 @@ func (s *Server) leaks(w http.ResponseWriter, r *http.Request) {
 		out = append(out, l)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// checkLeakText applies domain.CheckText to the text of every entry (type,
+// url, source; single-line). The token is not checked: a presented key
+// with control characters is simply not a keyd key (false_positive), as it
+// is malformed at verification.
+func checkLeakText(entries []leakEntry) error {
+	for i, e := range entries {
+		for _, f := range []struct{ name, v string }{{"type", e.Type}, {"url", e.URL}, {"source", e.Source}} {
+			if err := domain.CheckText(fmt.Sprintf("[%d].%s", i, f.name), f.v, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // leakAuth accepts the admin token or a valid GitHub signature.
