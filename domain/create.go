@@ -160,12 +160,29 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 	if err := catalog.CheckGrantable(perms); err != nil {
 		return CreateKeyResult{}, false, err
 	}
+	o, _, err := s.loadOrg(ctx, org)
+	if err != nil {
+		return CreateKeyResult{}, false, err
+	}
+	if expires, err = o.Policy.ExpiresFor(expires, now); err != nil {
+		return CreateKeyResult{}, false, err
+	}
+	if err := o.Policy.CheckPermissions(perms); err != nil {
+		return CreateKeyResult{}, false, err
+	}
 	secret, err := s.newSecret()
 	if err != nil {
 		return CreateKeyResult{}, true, err
 	}
 	k := newKey(org, s.credential(keyID, secret), cmd.Name, perms, cmd.Metadata, expires, now)
-	res, mine, err := s.appendNewKey(ctx, c, KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}, r, now)
+	d := KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}
+	var res CreateKeyResult
+	var mine bool
+	if o.Policy.MaxActiveKeys != nil {
+		res, mine, err = s.appendCountedKey(ctx, c, d, r, now)
+	} else {
+		res, mine, err = s.appendNewKey(ctx, c, d, r, now)
+	}
 	if err != nil {
 		return CreateKeyResult{}, true, err
 	}
@@ -185,31 +202,88 @@ func (s *Service) appendNewKey(ctx context.Context, c command, d KeyCreatedData,
 	if err != nil {
 		return CreateKeyResult{}, false, err
 	}
+	seq, err := s.Store.Append(ctx, AppendMsg{Subject: KeySubject(k.OrgID, k.ID), MsgID: newKeyMsgID(c, k, r), Type: EventKeyCreated, Data: data})
+	if errors.Is(err, ErrConflict) {
+		return s.keyTaken(ctx, k, r, now)
+	}
+	if err != nil {
+		return CreateKeyResult{}, false, storeError(err)
+	}
+	return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, true, nil
+}
+
+// newKeyMsgID is the Msg-Id of the key.created event of k under the
+// reservation r.
+func newKeyMsgID(c command, k KeyState, r reservation) string {
 	msgID := c.id + ":" + k.ID
 	if r.takeOver {
 		// Not the first attempt's Msg-Id: a duplicate ack for its message
 		// must not pass for this one's (it carries another secret's digest).
 		msgID += ":" + k.Digest[:16]
 	}
-	seq, err := s.Store.Append(ctx, AppendMsg{Subject: KeySubject(k.OrgID, k.ID), MsgID: msgID, Type: EventKeyCreated, Data: data})
-	if errors.Is(err, ErrConflict) {
-		// The subject already holds an event: our own append, landed before
-		// its reply was lost; the other attempt of the same idempotent
-		// create (a resend that took it over, or the first attempt); or
-		// (astronomically unlikely) an id collision.
-		got, found, lerr := load(ctx, s.Store, keyAggregate(k.OrgID, k.ID))
-		switch {
-		case lerr != nil:
-			return CreateKeyResult{}, false, lerr
-		case found && got.state.Digest == k.Digest:
-			return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, true, nil
-		case found && r.idem != "":
-			return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, false, nil
-		}
-		return CreateKeyResult{}, false, Errorf(EConflict, "key id %s is already taken; retry", k.ID)
+	return msgID
+}
+
+// keyTaken answers a create of k whose append found k's subject no longer
+// empty: our own append, landed before its reply was lost (mine); the other
+// attempt of the same idempotent create (a resend that took it over, or the
+// first attempt: that key, not mine); or (astronomically unlikely) an id
+// collision (conflict).
+func (s *Service) keyTaken(ctx context.Context, k KeyState, r reservation, now time.Time) (_ CreateKeyResult, mine bool, _ error) {
+	got, found, lerr := load(ctx, s.Store, keyAggregate(k.OrgID, k.ID))
+	switch {
+	case lerr != nil:
+		return CreateKeyResult{}, false, lerr
+	case found && got.state.Digest == k.Digest:
+		return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, true, nil
+	case found && r.idem != "":
+		return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, false, nil
 	}
+	return CreateKeyResult{}, false, Errorf(EConflict, "key id %s is already taken; retry", k.ID)
+}
+
+// appendCountedKey appends the key.created event d together with
+// org.keys_counted on its organization's subject, under max_active_keys:
+// both in one atomic batch, the organization's guarded by its last
+// sequence, so of racing creates for the last slot exactly one lands; the
+// others read the organization again and are refused (failed_precondition).
+func (s *Service) appendCountedKey(ctx context.Context, c command, d KeyCreatedData, r reservation, now time.Time) (_ CreateKeyResult, mine bool, _ error) {
+	k := d.Key
+	data, err := s.event(EventKeyCreated, k.OrgID, k.ID, now, c, 0, d)
 	if err != nil {
-		return CreateKeyResult{}, false, storeError(err)
+		return CreateKeyResult{}, false, err
 	}
-	return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, true, nil
+	// Racing creates conflict once per create that lands; allow many rounds.
+	for attempt := 1; attempt <= 10*s.attempts(); attempt++ {
+		o, oseq, err := s.loadOrg(ctx, k.OrgID)
+		if err != nil {
+			return CreateKeyResult{}, false, err
+		}
+		if o.Policy.MaxActiveKeys == nil {
+			return s.appendNewKey(ctx, c, d, r, now)
+		}
+		next, err := s.admitKey(ctx, o, k.ID, k.ExpiresAt, "", s.now())
+		if err != nil {
+			return CreateKeyResult{}, false, err
+		}
+		odata, err := s.event(EventOrgKeysCounted, k.OrgID, "", now, c, oseq, OrgEventData{Org: next})
+		if err != nil {
+			return CreateKeyResult{}, false, err
+		}
+		seq, err := s.Store.Append(ctx,
+			AppendMsg{Subject: KeySubject(k.OrgID, k.ID), MsgID: newKeyMsgID(c, k, r), Type: EventKeyCreated, Data: data},
+			AppendMsg{Subject: OrgSubject(k.OrgID), ExpectedSequence: oseq, MsgID: c.id + ":org", Type: EventOrgKeysCounted, Data: odata})
+		if err == nil {
+			return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, true, nil
+		}
+		if !errors.Is(err, ErrConflict) {
+			return CreateKeyResult{}, false, storeError(err)
+		}
+		if _, found, lerr := load(ctx, s.Store, keyAggregate(k.OrgID, k.ID)); lerr == nil && found {
+			// The key subject is taken (the batch is atomic: the
+			// organization's count did not move for this attempt).
+			return s.keyTaken(ctx, k, r, now)
+		}
+	}
+	return CreateKeyResult{}, false, Errorf(EConflict, "organization %s is being changed by other writers; retry", k.OrgID)
 }

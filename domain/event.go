@@ -15,6 +15,20 @@ const (
 	EventKeyRotated            = "key.rotated"
 	EventPermissionDefined     = "permission.defined"
 	EventPermissionRetired     = "permission.retired"
+
+	// Lifecycle events (lifecycle.go). key.expiring and key.expired are
+	// notices: they carry the key's state unchanged (same version) but for
+	// the notice bookkeeping.
+	EventKeySuspended     = "key.suspended"
+	EventKeyResumed       = "key.resumed"
+	EventKeyExpiryChanged = "key.expiry_changed"
+	EventKeyExpiring      = "key.expiring"
+	EventKeyExpired       = "key.expired"
+	EventKeyLeaked        = "key.leaked"
+
+	// Organization events (policy.go), on OrgSubject(org).
+	EventOrgPolicyChanged = "org.policy_changed"
+	EventOrgKeysCounted   = "org.keys_counted"
 )
 
 // Subjects in the KEYD_EVENTS stream.
@@ -133,12 +147,16 @@ func DecodeEvent(b []byte) (Event, error) {
 	if e.ID == "" {
 		return Event{}, Errorf(EInvalid, "event has no id")
 	}
-	switch e.Type {
-	case EventKeyCreated, EventKeyUpdated, EventKeyPermissionsChanged, EventKeyRevoked, EventKeyRotated:
+	switch {
+	case e.IsKeyEvent():
 		if !ValidOrgID(e.OrgID) || !ValidKeyID(e.KeyID) {
 			return Event{}, Errorf(EInvalid, "key event %s has an invalid org_id or key_id", e.ID)
 		}
-	case EventPermissionDefined, EventPermissionRetired:
+	case e.IsOrgEvent():
+		if !ValidOrgID(e.OrgID) || e.KeyID != "" {
+			return Event{}, Errorf(EInvalid, "organization event %s has an invalid org_id or a key_id", e.ID)
+		}
+	case e.Type == EventPermissionDefined, e.Type == EventPermissionRetired:
 	default:
 		return Event{}, Errorf(EInvalid, "event %s has unknown type %q", e.ID, e.Type)
 	}
@@ -148,11 +166,22 @@ func DecodeEvent(b []byte) (Event, error) {
 // IsKeyEvent reports whether the event belongs to a key.
 func (e Event) IsKeyEvent() bool {
 	switch e.Type {
-	case EventKeyCreated, EventKeyUpdated, EventKeyPermissionsChanged, EventKeyRevoked, EventKeyRotated:
+	case EventKeyCreated, EventKeyUpdated, EventKeyPermissionsChanged, EventKeyRevoked, EventKeyRotated,
+		EventKeySuspended, EventKeyResumed, EventKeyExpiryChanged, EventKeyExpiring, EventKeyExpired, EventKeyLeaked:
 		return true
 	}
 	return false
 }
+
+// IsOrgEvent reports whether the event belongs to an organization's
+// aggregate (its policy), on OrgSubject.
+func (e Event) IsOrgEvent() bool {
+	return e.Type == EventOrgPolicyChanged || e.Type == EventOrgKeysCounted
+}
+
+// IsNotice reports whether the event is a notice (key.expiring,
+// key.expired): it leaves the key's version as it was.
+func (e Event) IsNotice() bool { return e.Type == EventKeyExpiring || e.Type == EventKeyExpired }
 
 // KeyState returns the state of the key after this key event.
 func (e Event) KeyState() (KeyState, error) {
@@ -193,6 +222,8 @@ func (e Event) CheckSubject(subject string) error {
 	want := CatalogSubject
 	if e.IsKeyEvent() {
 		want = KeySubject(e.OrgID, e.KeyID)
+	} else if e.IsOrgEvent() {
+		want = OrgSubject(e.OrgID)
 	}
 	if subject != want {
 		return Errorf(EInvalid, "event %s (%s) is on subject %q, not %q", e.ID, e.Type, subject, want)

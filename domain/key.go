@@ -14,6 +14,9 @@ const (
 	StatusActive  = "active"
 	StatusRevoked = "revoked"
 	StatusExpired = "expired"
+	// StatusSuspended is a stored status: the key is refused (verify code
+	// suspended) until it is resumed.
+	StatusSuspended = "suspended"
 )
 
 // Limits on what a key carries.
@@ -53,6 +56,19 @@ type KeyState struct {
 	RotatedFrom  string            `json:"rotated_from,omitempty"`
 	RotatedTo    string            `json:"rotated_to,omitempty"`
 	Version      int64             `json:"version"`
+
+	// SuspendedAt and SuspendReason are set while the key is suspended.
+	SuspendedAt   *time.Time `json:"suspended_at,omitempty"`
+	SuspendReason string     `json:"suspend_reason,omitempty"`
+	// ExpiringNoticed and ExpiredNoticed are the expires_at for which the
+	// key.expiring and key.expired notices were appended: bookkeeping that
+	// makes each notice once per key and expiry time. They are not part of
+	// the KeyView and do not change the version.
+	ExpiringNoticed *time.Time `json:"expiring_noticed,omitempty"`
+	ExpiredNoticed  *time.Time `json:"expired_noticed,omitempty"`
+	// LeakedURLs are the urls of the leak reports recorded (key.leaked),
+	// oldest first, at most MaxLeakURLs.
+	LeakedURLs []string `json:"leaked_urls,omitempty"`
 }
 
 // KeyView is the public shape of a key (the contract's KeyView).
@@ -72,14 +88,17 @@ type KeyView struct {
 	Version     int64             `json:"version"`
 }
 
-// EffectiveStatus is the status at time now: revoked, expired (expires_at
-// at or before now) or active.
+// EffectiveStatus is the status at time now, the first that applies:
+// revoked, expired (expires_at at or before now), suspended, active.
 func (k KeyState) EffectiveStatus(now time.Time) string {
 	if k.Status == StatusRevoked {
 		return StatusRevoked
 	}
 	if k.ExpiresAt != nil && !now.Before(*k.ExpiresAt) {
 		return StatusExpired
+	}
+	if k.Status == StatusSuspended {
+		return StatusSuspended
 	}
 	return StatusActive
 }
@@ -105,6 +124,7 @@ func (k KeyState) View(now time.Time, lastUsed *time.Time) KeyView {
 func (k KeyState) clone() KeyState {
 	k.Permissions = slices.Clone(k.Permissions)
 	k.Metadata = maps.Clone(k.Metadata)
+	k.LeakedURLs = slices.Clone(k.LeakedURLs)
 	return k
 }
 
@@ -267,16 +287,36 @@ func (k KeyState) Update(name *string, md map[string]string, now time.Time) (d K
 }
 
 // Rotate decides replacing the key by a new one, known by next, with the
-// same name, permissions and metadata: created is the new key's payload,
-// rotated the old key's, which now expires after grace (whole seconds; 0:
-// now) but never later than it already did. Both events are appended
-// together.
-// Errors: failed_precondition for a revoked or expired key.
-func (k KeyState) Rotate(next Credential, grace time.Duration, now time.Time) (created KeyCreatedData, rotated KeyRotatedData, err error) {
+// same name, permissions, metadata and expiry (capped at now + the policy's
+// max_lifetime_seconds, or given that when it had none and p requires one):
+// created is the new key's payload, rotated the old key's, which now expires
+// after grace (whole seconds; 0: now) but never later than it already did.
+// Both events are appended together.
+// Errors: failed_precondition for a revoked, expired or suspended key, or
+// naming the policy p (a permission outside allowed_permissions;
+// require_expiry without max_lifetime_seconds for a key without expiry).
+func (k KeyState) Rotate(next Credential, grace time.Duration, p Policy, now time.Time) (created KeyCreatedData, rotated KeyRotatedData, err error) {
 	if err := k.checkMutable(now, "rotated"); err != nil {
 		return KeyCreatedData{}, KeyRotatedData{}, err
 	}
-	nk := newKey(k.OrgID, next, k.Name, slices.Clone(k.Permissions), maps.Clone(k.Metadata), nil, now)
+	if k.Status == StatusSuspended {
+		return KeyCreatedData{}, KeyRotatedData{}, Errorf(EPrecondition, "key %s is suspended; resume it before rotating it", k.ID)
+	}
+	if err := p.CheckPermissions(k.Permissions); err != nil {
+		return KeyCreatedData{}, KeyRotatedData{}, err
+	}
+	newExp := k.ExpiresAt
+	if max := p.maxLifetime(); max > 0 && (newExp == nil || newExp.After(now.Add(max))) {
+		t := now.Add(max)
+		newExp = &t
+	} else if newExp == nil && p.RequireExpiry {
+		return KeyCreatedData{}, KeyRotatedData{}, Errorf(EPrecondition, "organization policy require_expiry: key %s has no expires_at, and the new key needs one; give it one with set_expiry first", k.ID)
+	}
+	if newExp != nil {
+		t := *newExp
+		newExp = &t
+	}
+	nk := newKey(k.OrgID, next, k.Name, slices.Clone(k.Permissions), maps.Clone(k.Metadata), newExp, now)
 	nk.RotatedFrom = k.ID
 	o := k.clone()
 	exp := now.Add(grace)

@@ -444,7 +444,7 @@ func TestKeyRotate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			was := deepCopy(tt.k)
-			created, rotated, err := tt.k.Rotate(next, tt.grace, ruleNow)
+			created, rotated, err := tt.k.Rotate(next, tt.grace, domain.DefaultPolicy("org_1"), ruleNow)
 			wantRuleErr(t, err, tt.code, "cannot be rotated")
 			unchangedInput(t, tt.k, was)
 			if err != nil {
@@ -454,6 +454,7 @@ func TestKeyRotate(t *testing.T) {
 				ID: next.KeyID, OrgID: "org_1", Name: "ci", Owner: domain.Owner{Type: "organization", ID: "org_1"},
 				Mask: next.Mask, Digest: next.Digest, Permissions: []string{"a", "b"}, Status: domain.StatusActive,
 				CreatedAt: ruleNow, Metadata: map[string]string{"team": "ops"}, RotatedFrom: tt.k.ID, Version: 1,
+				ExpiresAt: tt.k.ExpiresAt, // v1.1: the new key keeps the old key's expiry
 			}
 			if !reflect.DeepEqual(created, domain.KeyCreatedData{Key: wantNew, RotatedFrom: tt.k.ID}) {
 				t.Errorf("created %+v,\nwant key %+v", created, wantNew)

@@ -49,6 +49,10 @@ type Service struct {
 
 	idMu sync.Mutex
 	ids  *ulid.MonotonicEntropy
+
+	// OrgKeys lists an organization's keys for set_policy's first count
+	// under max_active_keys (policy.go); nil counts none.
+	OrgKeys OrgKeys
 }
 
 type decodedCatalog struct {
@@ -312,6 +316,13 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 		if err != nil {
 			return nil, false, err
 		}
+		o, _, err := s.loadOrg(ctx, org)
+		if err != nil {
+			return nil, false, err
+		}
+		if err := o.Policy.CheckPermissions(perms); err != nil {
+			return nil, false, err
+		}
 		return k.SetPermissions(perms, catalog, cmd.ExpectedVersion, now)
 	})
 }
@@ -368,13 +379,26 @@ func (s *Service) RotateKey(ctx context.Context, org string, cmd RotateKey) (Rot
 	next := s.credential(newID, secret)
 	w := write[KeyState]{aggregate: keyAggregate(org, cmd.KeyID), cmd: c, evType: EventKeyRotated, retry: true}
 	out, err := mutate(ctx, s, w, func(k KeyState, now time.Time) ([]change[KeyState], error) {
-		created, rotated, err := k.Rotate(next, grace, now)
+		o, oseq, err := s.loadOrg(ctx, org)
+		if err != nil {
+			return nil, err
+		}
+		created, rotated, err := k.Rotate(next, grace, o.Policy, now)
 		if err != nil {
 			return nil, err
 		}
 		nk := keyChange(EventKeyCreated, created)
 		nk.startsSubject = true
-		return []change[KeyState]{nk, keyChange(EventKeyRotated, rotated)}, nil
+		changes := []change[KeyState]{nk, keyChange(EventKeyRotated, rotated)}
+		if o.Policy.MaxActiveKeys != nil {
+			// The new key takes the old key's place in the count.
+			no, err := s.admitKey(ctx, o, created.Key.ID, created.Key.ExpiresAt, k.ID, now)
+			if err != nil {
+				return nil, err
+			}
+			changes = append(changes, orgChange[KeyState](no, oseq))
+		}
+		return changes, nil
 	})
 	if err != nil {
 		return RotateKeyResult{}, err

@@ -66,6 +66,11 @@ type change[S any] struct {
 	// startsSubject marks the first event on its subject (a new key): it
 	// is appended only if the subject is still empty.
 	startsSubject bool
+	// subj, when set, is the event's subject (an organization event);
+	// expected, with subj, its subject's last sequence as the command read
+	// it.
+	subj     string
+	expected uint64
 }
 
 // keyChange is the change of event typ with payload d on d's key.
@@ -75,6 +80,9 @@ func keyChange(typ string, d keyEventData) change[KeyState] {
 }
 
 func (c change[S]) subject() string {
+	if c.subj != "" {
+		return c.subj
+	}
 	if c.keyID == "" {
 		return CatalogSubject
 	}
@@ -178,14 +186,29 @@ func mutate[S any](ctx context.Context, s *Service, w write[S], decide func(st S
 			if c.startsSubject {
 				expected = 0
 			}
+			msgID := w.cmd.id + ":" + msgSuffix(c.keyID)
+			if c.subj != "" {
+				msgID = w.cmd.id + ":org"
+				if c.subj != w.subject {
+					// An organization event riding along a key event is
+					// guarded by its own subject's sequence; one on the
+					// aggregate's own subject (set_policy) by cur.seq.
+					expected = c.expected
+				}
+			}
 			data, err := s.event(c.typ, c.org, c.keyID, now, w.cmd, expected, c.data)
 			if err != nil {
 				return outcome[S]{}, err
 			}
-			m := AppendMsg{Subject: c.subject(), ExpectedSequence: expected, MsgID: w.cmd.id + ":" + msgSuffix(c.keyID), Type: c.typ, Data: data}
+			m := AppendMsg{Subject: c.subject(), ExpectedSequence: expected, MsgID: msgID, Type: c.typ, Data: data}
 			msgs = append(msgs, m)
 		}
 		done := outcome[S]{state: changes[len(changes)-1].after, changes: changes}
+		for _, c := range changes {
+			if c.subj == "" { // an organization event rides along; its after is not S
+				done.state = c.after
+			}
+		}
 		done.seq, err = s.Store.Append(ctx, msgs...)
 		if err == nil {
 			return done, nil

@@ -109,6 +109,45 @@ func KeyInvariant(known bool, lastVersion int64, revoked bool, version int64) st
 	return ""
 }
 
+// NoticeInvariant is KeyInvariant for a notice (domain.Event.IsNotice:
+// key.expiring, key.expired), which leaves the key's version as it was: it
+// is set aside unless the reader knows the key, the key is not revoked (no
+// notice is ever sent for a revoked key) and the notice carries the version
+// the reader last applied. A notice replayed at that version can only set
+// the notice bookkeeping again: every other change bumps the version.
+func NoticeInvariant(known bool, lastVersion int64, revoked bool, version int64) string {
+	switch {
+	case !known:
+		return RejectVersion
+	case revoked:
+		return RejectRevoked
+	case version != lastVersion:
+		return RejectVersion
+	}
+	return ""
+}
+
+// KeyEventInvariant is the invariant of key event type typ: NoticeInvariant
+// for a notice, else KeyInvariant.
+func KeyEventInvariant(typ string, known bool, lastVersion int64, revoked bool, version int64) string {
+	if (domain.Event{Type: typ}).IsNotice() {
+		return NoticeInvariant(known, lastVersion, revoked, version)
+	}
+	return KeyInvariant(known, lastVersion, revoked, version)
+}
+
+// OrgInvariant returns why an organization event (org.policy_changed,
+// org.keys_counted) carrying the organization's version is set aside given
+// the version the reader has applied for that organization (0: none), or
+// "": it must be the previous + 1. Organization events were signed from
+// the start, so there is no event without a version.
+func OrgInvariant(lastVersion, version int64) string {
+	if version == lastVersion+1 {
+		return ""
+	}
+	return RejectVersion
+}
+
 // CatalogInvariant returns why a catalog event carrying version is set
 // aside given the catalog version the reader has applied, or "". An event
 // without a version (0; written before catalogs had versions, so only ever

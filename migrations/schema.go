@@ -23,6 +23,7 @@ const (
 	AuditTable        = "audit_events"      // the audit log
 	PermissionsTable  = "permissions"       // the permission catalog
 	VerificationTable = "verification_keys" // the verifiers' snapshot
+	PoliciesTable     = "policies"          // organization policies (0003_lifecycle.sql)
 )
 
 // checkpointQuery reads one projection's checkpoint.

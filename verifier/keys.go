@@ -25,8 +25,10 @@ type entry struct {
 	expires *time.Time // nil: never
 	meta    map[string]string
 	revoked bool
+	// suspended: verification answers suspended (after revoked, expired).
+	suspended bool
 	// version is the key's version (domain.KeyState.Version) for the
-	// invariants on apply; it fits in the struct's padding.
+	// invariants on apply; it and suspended fit in the struct's padding.
 	version uint32
 }
 
@@ -241,6 +243,8 @@ func (in *interner) entryFromKey(k *domain.KeyState, retired map[string]struct{}
 		meta:    in.metadataMap(k.Metadata),
 		revoked: k.Status == domain.StatusRevoked,
 		version: uint32(min(max(k.Version, 0), math.MaxUint32)),
+
+		suspended: k.Status == domain.StatusSuspended,
 	}
 	if k.ExpiresAt != nil {
 		t := k.ExpiresAt.UTC()

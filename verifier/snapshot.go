@@ -100,6 +100,28 @@ func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, e
 		return snapshotResult{}, err
 	}
 
+	// Organization policies: their versions (invariants on apply) and
+	// allowed_cidrs (0003_lifecycle.sql).
+	rows, err = tx.Query(ctx, `SELECT org_id, allowed_cidrs, version FROM `+migrations.PoliciesTable)
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	type orgPolicy struct {
+		Org     string
+		CIDRs   []string
+		Version int64
+	}
+	pols, err := pgx.CollectRows(rows, pgx.RowToStructByPos[orgPolicy])
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	for _, p := range pols {
+		if err := a.setPolicyCIDRs(p.Org, p.CIDRs); err != nil {
+			return snapshotResult{}, fmt.Errorf("policies: %w", err)
+		}
+		a.orgs[p.Org] = p.Version
+	}
+
 	// Size the table up front, from the planner's row estimate (count(*)
 	// would scan the table once more, about a third of a raw read): no
 	// resizing while loading when the estimate is right, and only a few

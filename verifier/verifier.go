@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,8 @@ const (
 	CodeRevoked                 = "revoked"                  // the key was revoked
 	CodeExpired                 = "expired"                  // the key's expires_at is at or before now
 	CodeInsufficientPermissions = "insufficient_permissions" // the key is fine but lacks a requested permission
+	CodeSuspended               = "suspended"                // the key is suspended until it is resumed
+	CodeIPNotAllowed            = "ip_not_allowed"           // the organization's allowed_cidrs do not admit the client address
 )
 
 // Defaults of Config.
@@ -184,6 +187,9 @@ type Verifier struct {
 	consumerRestarts atomic.Uint64
 	used             usedQueue
 	coarse           coarseClock // Verify's clock when realClock
+	// policyCIDRs maps an organization to its policy's allowed_cidrs (only
+	// organizations that have them); replaced whole by the applier.
+	policyCIDRs atomic.Pointer[map[string][]netip.Prefix]
 
 	// Lifecycle.
 	started   atomic.Bool
@@ -337,6 +343,14 @@ func (v *Verifier) Close() {
 // records the key's last use in memory; it is written out in batches (see
 // FlushLastUsed).
 func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...string) (Result, error) {
+	return v.VerifyFrom(ctx, secret, netip.Addr{}, permissions...)
+}
+
+// VerifyFrom is Verify for a request from client (the zero Addr: not
+// given): after revoked, expired and suspended, a key of an organization
+// whose policy has allowed_cidrs answers ip_not_allowed unless client is
+// within them (a request without a client address included).
+func (v *Verifier) VerifyFrom(ctx context.Context, secret string, client netip.Addr, permissions ...string) (Result, error) {
 	for _, p := range permissions {
 		if !domain.ValidSlug(p) {
 			return Result{}, invalidPermission(p)
@@ -382,6 +396,10 @@ func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...str
 		r.Code = CodeRevoked
 	case ent.expires != nil && v.expired(ent.expires, wall, exact):
 		r.Code = CodeExpired
+	case ent.suspended:
+		r.Code = CodeSuspended
+	case !v.clientAllowed(ent.org.id, client):
+		r.Code = CodeIPNotAllowed
 	default:
 		for _, p := range permissions {
 			if _, ok := slices.BinarySearch(ent.perms.list, p); !ok {
@@ -393,6 +411,19 @@ func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...str
 		v.used.record(sl, &d, wall/int64(time.Millisecond))
 	}
 	return r, nil
+}
+
+// clientAllowed reports whether org's policy admits client.
+func (v *Verifier) clientAllowed(org string, client netip.Addr) bool {
+	m := v.policyCIDRs.Load()
+	if m == nil {
+		return true
+	}
+	cidrs, ok := (*m)[org]
+	if !ok {
+		return true
+	}
+	return client.IsValid() && domain.CIDRsAllow(cidrs, client)
 }
 
 // expired reports whether a key expiring at exp has expired at wall (Unix
@@ -516,4 +547,22 @@ func (v *Verifier) Status() Status {
 		s.Err = f.err
 	}
 	return s
+}
+
+// Find returns the key secret belongs to, whatever its status, without
+// recording a use (leak reports). ok is false for a malformed or unknown
+// secret. Errors: unavailable, as for Verify.
+func (v *Verifier) Find(secret string) (key KeyInfo, ok bool, err error) {
+	if err := v.unavailable(); err != nil {
+		return KeyInfo{}, false, err
+	}
+	if !domain.ValidSecret(secret) {
+		return KeyInfo{}, false, nil
+	}
+	d := v.cfg.Digester.Digest(secret)
+	sl := v.keys.lookup(&d)
+	if sl == nil {
+		return KeyInfo{}, false, nil
+	}
+	return sl.state.Load().info(), true, nil
 }

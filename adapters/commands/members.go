@@ -217,3 +217,12 @@ func addFields(t reflect.Type, out map[string]reflect.Type, depth int) {
 		}
 	}
 }
+
+// CheckMembers is Decode's check of member names (a name repeated in one
+// object, or one that matches a field of v's type only when case is
+// ignored) for a body a route decodes itself: one larger than MaxBytes, or
+// a payload whose unknown members are allowed (a partner's, such as
+// GitHub's leak reports). v is what the body will be decoded into.
+func CheckMembers(data []byte, v any) error {
+	return checkMembers(data, reflect.TypeOf(v))
+}

@@ -29,12 +29,21 @@ const (
 	Rotate         = "rotate"
 	Define         = "define"
 	Retire         = "retire"
+	Suspend        = "suspend"
+	Resume         = "resume"
+	SetExpiry      = "set_expiry"
+	// SetPolicy is keyd.cmd.orgs.<org>.set_policy (IsOrgCommand).
+	SetPolicy = "set_policy"
 )
+
+// IsOrgCommand reports whether name is an organization command
+// (keyd.cmd.orgs.<org>.<name>).
+func IsOrgCommand(name string) bool { return name == SetPolicy }
 
 // IsKeyCommand reports whether name is a key command (it needs an org).
 func IsKeyCommand(name string) bool {
 	switch name {
-	case Create, Revoke, SetPermissions, Update, Rotate:
+	case Create, Revoke, SetPermissions, Update, Rotate, Suspend, Resume, SetExpiry:
 		return true
 	}
 	return false
@@ -94,7 +103,7 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 		if code := domain.ErrorCode(err); code != "" {
 			outcome = code
 		}
-		if r.Metrics != nil && (IsKeyCommand(name) || IsCatalogCommand(name)) {
+		if r.Metrics != nil && (IsKeyCommand(name) || IsCatalogCommand(name) || IsOrgCommand(name)) {
 			r.Metrics.ObserveCommand(name, outcome, time.Since(start))
 		}
 	}()
@@ -159,6 +168,49 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 		}
 		res, err := r.Service.RotateKey(ctx, org, c)
 		return r.replyWhenApplied(ctx, res, res.Sequence, err)
+	case Suspend:
+		var c domain.SuspendKey
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.KeyID, t.KeyID, "key_id"); err != nil {
+			return nil, err
+		}
+		res, err := r.Service.SuspendKey(ctx, org, c)
+		if err == nil && r.WaitApplied != nil {
+			// Like a revoke reply: this process already refuses the key.
+			if werr := r.WaitApplied(ctx, res.Sequence); werr != nil {
+				return nil, domain.Wrap(werr, domain.EUnavailable, "key %s is suspended (stream sequence %d), but this process's verifier has not applied it yet; retry the suspend", c.KeyID, res.Sequence)
+			}
+		}
+		return res, err
+	case Resume:
+		var c domain.ResumeKey
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.KeyID, t.KeyID, "key_id"); err != nil {
+			return nil, err
+		}
+		res, err := r.Service.ResumeKey(ctx, org, c)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
+	case SetExpiry:
+		var c domain.SetExpiry
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.KeyID, t.KeyID, "key_id"); err != nil {
+			return nil, err
+		}
+		res, err := r.Service.SetKeyExpiry(ctx, org, c)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
+	case SetPolicy:
+		var c domain.SetPolicy
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		res, err := r.Service.SetPolicy(ctx, org, c)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	case Define:
 		var c domain.DefinePermission
 		if err := decode(payload, &c, t); err != nil {
@@ -179,7 +231,7 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 		res, err := r.Service.RetirePermission(ctx, c)
 		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	}
-	return nil, domain.Errorf(domain.EInvalid, "unknown command %q; commands are create, revoke, set_permissions, update, rotate (keyd.cmd.keys.<org>.<command>) and define, retire (keyd.cmd.permissions.<command>)", name)
+	return nil, domain.Errorf(domain.EInvalid, "unknown command %q; commands are create, revoke, set_permissions, update, rotate, suspend, resume, set_expiry (keyd.cmd.keys.<org>.<command>), set_policy (keyd.cmd.orgs.<org>.set_policy) and define, retire (keyd.cmd.permissions.<command>)", name)
 }
 
 // storeDown returns unavailable while the event store's NATS connection is

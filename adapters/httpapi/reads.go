@@ -84,6 +84,10 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, c caller) {
 // Errors: not_found (a key of another organization too); invalid_argument
 // for a bad min_sequence; unavailable when it is not reached in time.
 func (s *Server) getKey(w http.ResponseWriter, r *http.Request, c caller) {
+	if at := r.URL.Query().Get("at"); at != "" {
+		s.keyAt(w, r, c, at)
+		return
+	}
 	if !s.readSequence(w, r, c) {
 		return
 	}

@@ -28,6 +28,13 @@
 //	POST   /v1/widget/sessions                            issue a widget session
 //	DELETE /v1/widget/sessions/{id}                       end a widget session
 //	GET    /v1/widget/session                  (session) describe the caller's session
+//	POST   /v1/orgs/{org}/keys/{key_id}/suspend       (W) suspend
+//	POST   /v1/orgs/{org}/keys/{key_id}/resume        (W) resume
+//	PUT    /v1/orgs/{org}/keys/{key_id}/expiry        (W) set_expiry
+//	GET    /v1/orgs/{org}/keys/{key_id}/history       (W) the key's history
+//	GET    /v1/orgs/{org}/policy                      (W) the organization's policy
+//	PUT    /v1/orgs/{org}/policy                          set_policy
+//	POST   /v1/leaks                                      secret-scanning leak reports (leaks.go)
 //	GET    /healthz, /readyz, /metrics
 //
 // With InternalSurfaces, /metrics and the detailed /readyz move to
@@ -147,6 +154,9 @@ type Server struct {
 	LoopbackHostsOnly bool
 	// Now is the clock of the rate limits (nil: time.Now).
 	Now func() time.Time
+	// LeakKeys are the public keys leak reports may be signed with
+	// (--leak-signing-keys); nil: only the admin token may report.
+	LeakKeys *LeakKeys
 
 	once     sync.Once
 	handler  http.Handler
@@ -299,6 +309,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	r.handle("POST /v1/widget/sessions", adminOnly, s.createSession)
 	r.handle("DELETE /v1/widget/sessions/{id}", adminOnly, s.endSession)
 	r.handle("GET /v1/widget/session", sessionOnly, s.getSession)
+	s.lifecycleRoutes(r)
 
 	mux.HandleFunc("GET /healthz", s.healthz)
 	if s.InternalSurfaces {

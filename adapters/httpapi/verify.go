@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,9 @@ import (
 type verifyRequest struct {
 	Key         *string  `json:"key"`
 	Permissions []string `json:"permissions"`
+	// ClientIP is the address of the client that presented the key, for
+	// allowed_cidrs (organization policies).
+	ClientIP *string `json:"client_ip"`
 }
 
 // verifyBuffers are the request body and reply buffers of one verify
@@ -56,6 +60,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 	// within this call.
 	var permStore [maxFastPerms]string
 	key, permissions, ok := decodeVerifyFast(body, &permStore)
+	var client netip.Addr // the plain shape has no client_ip
 	if !ok {
 		var req verifyRequest
 		if err := commands.Decode(body, &req); err != nil {
@@ -67,9 +72,17 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 			return
 		}
 		key, permissions = *req.Key, req.Permissions
+		if req.ClientIP != nil {
+			a, err := netip.ParseAddr(*req.ClientIP)
+			if err != nil {
+				s.writeError(w, r, domain.Errorf(domain.EInvalid, "client_ip %q is not an IPv4 or IPv6 address", *req.ClientIP))
+				return
+			}
+			client = a
+		}
 	}
 	// An empty or mistyped key is a well-formed request: 200, code malformed.
-	res, err := s.Verifier.Verify(r.Context(), key, permissions...)
+	res, err := s.Verifier.VerifyFrom(r.Context(), key, client, permissions...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -172,7 +172,15 @@ func Parse(subject string) (org, name string, err error) {
 			return "", "", err
 		}
 		if !commands.IsKeyCommand(parts[4]) {
-			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update or rotate", parts[4])
+			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update, rotate, suspend, resume or set_expiry", parts[4])
+		}
+		return parts[3], parts[4], nil
+	case len(parts) == 5 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "orgs":
+		if err := domain.CheckOrgID(parts[3]); err != nil {
+			return "", "", err
+		}
+		if !commands.IsOrgCommand(parts[4]) {
+			return "", "", domain.Errorf(domain.EInvalid, "unknown organization command %q; use set_policy", parts[4])
 		}
 		return parts[3], parts[4], nil
 	case len(parts) == 4 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "permissions":

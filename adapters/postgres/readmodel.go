@@ -54,10 +54,10 @@ func NewReadModel(pool *pgxpool.Pool, now func() time.Time) *ReadModel {
 // takes.
 func CheckKeyStatus(status string) error {
 	switch status {
-	case "", "all", domain.StatusActive, domain.StatusRevoked, domain.StatusExpired:
+	case "", "all", domain.StatusActive, domain.StatusRevoked, domain.StatusExpired, domain.StatusSuspended:
 		return nil
 	}
-	return domain.Errorf(domain.EInvalid, "status must be one of all, active, revoked or expired, got %q", status)
+	return domain.Errorf(domain.EInvalid, "status must be one of all, active, suspended, revoked or expired, got %q", status)
 }
 
 // CheckKeyLimit returns invalid_argument unless n is a page size of keys,
@@ -158,7 +158,10 @@ func (r *ReadModel) ListKeys(ctx context.Context, org string, f KeyFilter) (keys
 		q += " AND status = 'revoked'"
 	case domain.StatusExpired:
 		args = append(args, now)
-		q += " AND status = 'active' AND expires_at <= $2"
+		q += " AND status <> 'revoked' AND expires_at <= $2"
+	case domain.StatusSuspended:
+		args = append(args, now)
+		q += " AND status = 'suspended' AND (expires_at IS NULL OR expires_at > $2)"
 	}
 	if f.Cursor != "" {
 		after, ok := decodeCursor(f.Cursor)

@@ -203,7 +203,7 @@ func TestListKeysInvalidArguments(t *testing.T) {
 		f    KeyFilter
 		msg  string
 	}{
-		{"status", KeyFilter{Status: "deleted"}, `status must be one of all, active, revoked or expired, got "deleted"`},
+		{"status", KeyFilter{Status: "deleted"}, `status must be one of all, active, suspended, revoked or expired, got "deleted"`},
 		{"status case", KeyFilter{Status: "Active"}, `got "Active"`},
 		{"limit low", KeyFilter{Limit: -1}, "limit must be between 1 and 100, got -1"},
 		{"limit high", KeyFilter{Limit: 101}, "limit must be between 1 and 100, got 101"},

@@ -130,11 +130,69 @@
   }
 
   function effectiveStatus(k) {
-    if (k.status === 'active' && k.expires_at && Date.parse(k.expires_at) <= Date.now()) return 'expired';
+    if ((k.status === 'active' || k.status === 'suspended') && k.expires_at && Date.parse(k.expires_at) <= Date.now()) return 'expired';
     return k.status;
   }
 
-  const STATUS_LABEL = { active: 'Active', revoked: 'Revoked', expired: 'Expired' };
+  const STATUS_LABEL = { active: 'Active', revoked: 'Revoked', expired: 'Expired', suspended: 'Suspended' };
+
+  // ------------------------------------------------ lifecycle: constants
+
+  // Dialog kinds of the lifecycle controls (suspend, resume, expiration); the
+  // key details view is a dialog too, but submits nothing.
+  const LIFECYCLE_KINDS = new Set(['suspend', 'resume', 'expiry']);
+  // What each event of a key's history is called.
+  const EVENT_LABEL = {
+    'key.created': 'Created',
+    'key.updated': 'Renamed or updated',
+    'key.permissions_changed': 'Permissions changed',
+    'key.revoked': 'Revoked',
+    'key.rotated': 'Rotated',
+    'key.suspended': 'Suspended',
+    'key.resumed': 'Resumed',
+    'key.expiry_changed': 'Expiration changed',
+    'key.expiring': 'Expiry notice sent',
+    'key.expired': 'Expired',
+    'key.leaked': 'Reported as leaked',
+  };
+  const MAX_REASON = 500;
+
+  // duration says n seconds in words: "90 days", "12 hours", "45 minutes".
+  function duration(n) {
+    if (n >= 86400 && n % 86400 === 0) return (n / 86400) + (n === 86400 ? ' day' : ' days');
+    if (n >= 3600 && n % 3600 === 0) return (n / 3600) + (n === 3600 ? ' hour' : ' hours');
+    if (n >= 86400) return Math.floor(n / 86400) + ' days';
+    if (n >= 3600) return Math.floor(n / 3600) + ' hours';
+    return Math.max(1, Math.floor(n / 60)) + ' minutes';
+  }
+
+  const LIFECYCLE_STYLES = `
+.badge.suspended { color: var(--_warn); }
+.reason { display: block; font-size: 12px; color: var(--_muted); max-width: 22ch; overflow-wrap: anywhere; white-space: normal; }
+textarea.reason-input {
+  width: 100%; min-height: 64px; padding: 6px 10px; resize: vertical; font: inherit;
+  border: 1px solid var(--_border); border-radius: var(--_radius); background: var(--_bg); color: var(--_fg);
+}
+textarea.reason-input:focus-visible, input[type=date]:focus-visible { box-shadow: var(--_focus); }
+input[type=date] {
+  width: 100%; min-height: 36px; padding: 6px 10px; font: inherit;
+  border: 1px solid var(--_border); border-radius: var(--_radius); background: var(--_bg); color: var(--_fg);
+}
+.policy-note { font-size: 13px; color: var(--_muted); }
+.field[hidden] { display: none; }
+dialog.wide { width: min(720px, calc(100vw - 24px)); }
+.facts { display: grid; grid-template-columns: max-content 1fr; gap: 6px 16px; margin: 0; }
+.facts dt { color: var(--_muted); }
+.facts dd { margin: 0; overflow-wrap: anywhere; }
+.history { max-height: 340px; overflow: auto; border: 1px solid var(--_border); border-radius: var(--_radius); }
+.history table { width: 100%; border-collapse: collapse; }
+.history th, .history td { padding: 8px 10px; text-align: left; vertical-align: top; font-size: 13px; }
+.history thead th { position: sticky; top: 0; background: var(--_subtle); color: var(--_muted); font-weight: 500; }
+.history tbody tr + tr > * { border-top: 1px solid var(--_border); }
+.history td.ev { font-weight: 500; white-space: nowrap; }
+.history .by { color: var(--_muted); white-space: nowrap; }
+.dlg h3:focus { outline: none; }
+`;
 
   let uid = 0;
 
@@ -363,7 +421,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
 .status { font-size: 13px; color: var(--_ok); min-height: 1.45em; }
 .status.fail { color: var(--_muted); }
 .keyname { font-weight: 600; color: var(--_fg); }
-`;
+` + LIFECYCLE_STYLES;
 
   // ---------------------------------------------------------------- element
 
@@ -390,6 +448,8 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       this._orgPromise = null;
       this._catalog = null; // [{slug, description, status}]
       this._catalogPromise = null;
+      this._policy = null; // the organization's policy (GET /v1/orgs/{org}/policy)
+      this._policyPromise = null;
       this._keys = [];
       this._next = null;
       this._loaded = false;
@@ -445,6 +505,8 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       this._orgPromise = null;
       this._catalog = null;
       this._catalogPromise = null;
+      this._policy = null;
+      this._policyPromise = null;
       this._keys = [];
       this._next = null;
       this._loaded = false;
@@ -477,6 +539,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         return;
       }
       this._loadCatalog().catch(() => {});
+      this._loadPolicy().catch(() => {});
       this._loadList({});
     }
 
@@ -746,6 +809,8 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
           }, 'Revoke')));
       }
 
+      this._lifecycleActions(actions, k, status, name);
+
       return h('tr', { class: status === 'active' ? '' : 'inactive', 'data-key-id': k.id, role: 'row' },
         h('th', { scope: 'row', role: 'rowheader', tabindex: '-1', 'data-fid': 'row:' + k.id },
           h('div', { class: 'name' }, name)),
@@ -864,7 +929,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       fs.append(holder, note);
 
       const fill = (catalog) => {
-        const active = catalog.filter((p) => p && p.status === 'active' && typeof p.slug === 'string');
+        const active = catalog.filter((p) => p && p.status === 'active' && typeof p.slug === 'string' && this._policyAllows(p.slug));
         const activeSet = new Set(active.map((p) => p.slug));
         if (active.length === 0) {
           holder.replaceChildren(h('div', { class: 'checks-empty' }, 'No permissions are available yet.'));
@@ -888,11 +953,13 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
           : '';
       };
 
-      if (this._catalog) {
+      if (this._catalog && this._policy) {
         fill(this._catalog);
       } else {
         holder.replaceChildren(h('div', { class: 'checks-empty', role: 'status' }, 'Loading permissions…'));
-        const load = () => this._loadCatalog().then(fill, (err) => {
+        // The policy too: only the permissions it allows are offered.
+        const both = () => Promise.all([this._loadCatalog(), this._loadPolicy().catch(() => null)]).then((r) => r[0]);
+        const load = () => both().then(fill, (err) => {
           holder.replaceChildren(h('div', { class: 'err', role: 'alert' },
             h('span', { class: 'msg' }, err.message),
             err.kind !== 'session' ? h('button', {
@@ -930,7 +997,8 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         h('div', { class: 'field' },
           h('label', { for: expId }, 'Expires'),
           h('select', { id: expId, name: 'expires' },
-            EXPIRY_CHOICES.map(([v, label]) => h('option', { value: v }, label)))),
+            this._expiryChoices().map(([v, label]) => h('option', { value: v }, label))),
+          this._policyExpiryHint()),
       ], 'Create');
       this._openDialog({ kind: 'create' }, content, name, 'create');
     }
@@ -1067,8 +1135,9 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         }
         nameInput.removeAttribute('aria-invalid');
         const body = { name, permissions: this._checkedPermissions() };
-        const choice = EXPIRY_CHOICES.find(([v]) => v === this._dialog.querySelector('select[name=expires]').value);
-        if (choice && choice[2] > 0) body.expires_at = rfc3339(Date.now() + choice[2] * DAY);
+        const choice = this._expiryChoices().find(([v]) => v === this._dialog.querySelector('select[name=expires]').value);
+        const exp = choice ? this._expiryFor(choice, true) : null;
+        if (exp) body.expires_at = exp;
         req = () => this._request('POST', this._orgPath(), body);
       } else if (d.kind === 'rotate') {
         const grace = Number(this._dialog.querySelector('select[name=grace]').value) || 0;
@@ -1078,6 +1147,9 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         req = () => this._request('PUT', keyPath('/permissions'), body);
       } else if (d.kind === 'revoke') {
         req = () => this._request('POST', keyPath('/revoke'), {});
+      } else if (LIFECYCLE_KINDS.has(d.kind)) {
+        req = this._lifecycleRequest(d, keyPath);
+        if (!req) return;
       } else {
         return;
       }
@@ -1122,8 +1194,337 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       } else {
         d.busy = false;
         if (d.kind === 'revoke') d.returnFid = null; // its button is gone; focus the row
+        else if (LIFECYCLE_KINDS.has(d.kind)) this._lifecycleDone(d);
         this._closeDialog();
       }
+    }
+
+    // ------------------------------------------------ lifecycle controls
+    // Suspend and resume, "Edit expiration", the organization's policy, and
+    // the key details view with its history. Kept together, apart from the
+    // rest, so that other changes to the table and its dialogs merge cleanly.
+
+    // _loadPolicy fetches the organization's policy once. A keyd without
+    // policies (404) counts as no restrictions: keyd enforces the policy
+    // anyway, the widget only leaves out what would be refused.
+    _loadPolicy() {
+      if (this._policy) return Promise.resolve(this._policy);
+      if (this._policyPromise) return this._policyPromise;
+      const p = this._ensureOrg()
+        .then(() => this._request('GET', '/v1/orgs/' + encodeURIComponent(this._org) + '/policy'))
+        .then((data) => (data && data.policy && typeof data.policy === 'object' ? data.policy : {}),
+          (err) => {
+            if (err.status === 404 && err.code !== 'not_found') return {};
+            throw err;
+          })
+        .then((policy) => {
+          if (this._policyPromise === p) {
+            this._policy = policy;
+            this._policyPromise = null;
+          }
+          return policy;
+        }, (err) => {
+          if (this._policyPromise === p) this._policyPromise = null;
+          throw err;
+        });
+      this._policyPromise = p;
+      return p;
+    }
+
+    // _policyAllows reports whether the policy lets a key hold permission slug.
+    _policyAllows(slug) {
+      const allowed = this._policy && this._policy.allowed_permissions;
+      return !Array.isArray(allowed) || allowed.includes(slug);
+    }
+
+    _maxLifetime() {
+      const m = this._policy && this._policy.max_lifetime_seconds;
+      return typeof m === 'number' && m > 0 ? m : 0;
+    }
+
+    _expiryRequired() {
+      return !!(this._policy && (this._policy.require_expiry || this._maxLifetime()));
+    }
+
+    // _expiryChoices lists the expiry choices the policy allows, as
+    // [value, label, seconds]: "Never" only without require_expiry or a
+    // max lifetime, no choice longer than the max lifetime, and the max
+    // lifetime itself when it is not one of the usual choices.
+    _expiryChoices() {
+      const max = this._maxLifetime();
+      const out = [];
+      for (const [v, label, days] of EXPIRY_CHOICES) {
+        const secs = days * 86400;
+        if (secs === 0 && this._expiryRequired()) continue;
+        if (max && secs > max) continue;
+        out.push([v, label, secs]);
+      }
+      if (max && !out.some((c) => c[2] === max)) {
+        out.push(['max', duration(max) + ' (the longest allowed)', max]);
+      }
+      return out;
+    }
+
+    // _expiryFor returns the expires_at for choice ([value, label, seconds]),
+    // or null for none. For a create, the longest allowed is left to keyd
+    // (a key without an expiry gets now + the max lifetime), so clocks that
+    // differ cannot make it a refusal; elsewhere it keeps a minute's margin.
+    _expiryFor(choice, forCreate) {
+      const secs = choice[2];
+      if (!secs) return null;
+      const max = this._maxLifetime();
+      if (max && secs >= max) {
+        if (forCreate) return null;
+        return rfc3339(Date.now() + Math.max(60, max - 60) * 1000);
+      }
+      return rfc3339(Date.now() + secs * 1000);
+    }
+
+    // _policyExpiryHint says what the policy asks of an expiry, if anything.
+    _policyExpiryHint() {
+      const max = this._maxLifetime();
+      let text = '';
+      if (max) text = 'Your organization allows keys to last at most ' + duration(max) + '.';
+      else if (this._expiryRequired()) text = 'Your organization requires every key to expire.';
+      return text ? h('div', { class: 'policy-note', 'data-policy-note': '' }, text) : null;
+    }
+
+    // _lifecycleActions adds the row's lifecycle buttons: Suspend or Resume,
+    // Edit expiration, and Details (every key, revoked and expired too).
+    _lifecycleActions(actions, k, status, name) {
+      let inner = actions.querySelector('.actions-inner');
+      if (!inner) {
+        inner = h('div', { class: 'actions-inner' });
+        actions.append(inner);
+      }
+      const btn = (label, fid, aria, onclick, cls) => h('button', {
+        type: 'button', class: 'ghost small' + (cls ? ' ' + cls : ''), 'data-fid': fid + ':' + k.id,
+        'aria-label': aria, onclick,
+      }, label);
+      if (status === 'active') {
+        inner.append(btn('Suspend', 'suspend', 'Suspend ' + name, () => this._openSuspend(k.id)));
+      }
+      if (status === 'suspended') {
+        inner.append(
+          btn('Resume', 'resume', 'Resume ' + name, () => this._openResume(k.id)),
+          btn('Edit permissions', 'edit', 'Edit permissions for ' + name, () => this._openEdit(k.id)),
+          btn('Revoke', 'revoke', 'Revoke ' + name, () => this._openRevoke(k.id), 'danger-text'));
+      }
+      if (status === 'active' || status === 'suspended') {
+        inner.append(btn('Edit expiration', 'expiry', 'Edit expiration of ' + name, () => this._openExpiry(k.id)));
+      }
+      inner.append(btn('Details', 'details', 'Details and history of ' + name, () => this._openDetails(k.id)));
+    }
+
+    _openSuspend(id) {
+      const k = this._keyById(id);
+      if (!k) return;
+      const reasonId = this._ids('reason');
+      const hintId = this._ids('reason-hint');
+      const reason = h('textarea', {
+        id: reasonId, name: 'reason', class: 'reason-input', maxlength: String(MAX_REASON), rows: 3,
+        placeholder: 'For example: unusual traffic from a new region', 'aria-describedby': hintId,
+      });
+      const content = this._form('Suspend API key', null, [
+        h('p', null, 'Suspending ', h('span', { class: 'keyname' }, k.name || 'this key'),
+          ' (', h('code', { class: 'mask' }, k.mask || ''), ') stops it from working until you resume it. ' +
+          'Its secret stays the same.'),
+        h('div', { class: 'field' },
+          h('label', { for: reasonId }, 'Reason'),
+          reason,
+          h('div', { class: 'hint', id: hintId }, 'Optional. Recorded in the key\u2019s history.')),
+      ], 'Suspend key', 'danger');
+      this._openDialog({ kind: 'suspend', keyId: id }, content, reason, 'suspend:' + id);
+    }
+
+    _openResume(id) {
+      const k = this._keyById(id);
+      if (!k) return;
+      const content = this._form('Resume API key', null, [
+        h('p', null, 'Resuming ', h('span', { class: 'keyname' }, k.name || 'this key'),
+          ' (', h('code', { class: 'mask' }, k.mask || ''), ') lets it work again at once, with the same secret and permissions.'),
+      ], 'Resume key');
+      this._openDialog({ kind: 'resume', keyId: id }, content, null, 'resume:' + id);
+      const submit = this._dialog.querySelector('button[type=submit]');
+      if (submit) submit.focus();
+    }
+
+    // _openExpiry offers the expiry choices within the policy, a date, "No
+    // expiration" where allowed, and "Now".
+    _openExpiry(id) {
+      const k = this._keyById(id);
+      if (!k) return;
+      const selId = this._ids('new-expiry');
+      const dateId = this._ids('expiry-date');
+      const hintId = this._ids('expiry-hint');
+      const choices = this._expiryChoices().filter((c) => c[2] > 0);
+      const max = this._maxLifetime();
+      const today = new Date();
+      const dayISO = (ms) => new Date(ms).toISOString().slice(0, 10);
+      const date = h('input', {
+        type: 'date', id: dateId, name: 'expiry-date',
+        min: dayISO(today.getTime() + DAY), max: max ? dayISO(Date.now() + max * 1000) : null,
+      });
+      const dateField = h('div', { class: 'field', hidden: true },
+        h('label', { for: dateId }, 'Date'), date);
+      const sel = h('select', { id: selId, name: 'new-expiry', 'aria-describedby': hintId },
+        choices.map(([v, label]) => h('option', { value: v }, label)),
+        h('option', { value: 'date' }, 'On a date\u2026'),
+        this._expiryRequired() ? null : h('option', { value: 'never' }, 'No expiration'),
+        h('option', { value: 'now' }, 'Now (the key stops working at once)'));
+      sel.addEventListener('change', () => {
+        dateField.hidden = sel.value !== 'date';
+      });
+      const content = this._form('Edit expiration', k.name || null, [
+        h('p', null, 'Currently: ', k.expires_at
+          ? h('span', null, 'expires ', h('time', { datetime: k.expires_at }, dateTimeFmt.format(Date.parse(k.expires_at))))
+          : h('span', null, 'no expiration'), '.'),
+        h('div', { class: 'field' },
+          h('label', { for: selId }, 'New expiration'),
+          sel,
+          h('div', { class: 'hint', id: hintId }, 'Counted from now. keyd sends an expiry notice before the key expires.')),
+        dateField,
+        this._policyExpiryHint(),
+      ], 'Save expiration');
+      this._openDialog({ kind: 'expiry', keyId: id }, content, sel, 'expiry:' + id);
+    }
+
+    // _lifecycleRequest returns the request of a lifecycle dialog's submit,
+    // or null (after saying why) when the form is not complete.
+    _lifecycleRequest(d, keyPath) {
+      if (d.kind === 'suspend') {
+        const reason = (this._dialog.querySelector('textarea[name=reason]').value || '').trim();
+        const body = reason ? { reason } : {};
+        return () => this._request('POST', keyPath('/suspend'), body);
+      }
+      if (d.kind === 'resume') {
+        return () => this._request('POST', keyPath('/resume'), {});
+      }
+      if (d.kind === 'expiry') {
+        const v = this._dialog.querySelector('select[name=new-expiry]').value;
+        let expiresAt;
+        if (v === 'never') expiresAt = null;
+        else if (v === 'now') expiresAt = rfc3339(Date.now());
+        else if (v === 'date') {
+          const input = this._dialog.querySelector('input[name=expiry-date]');
+          const ms = input.value ? Date.parse(input.value + 'T23:59:59') : NaN;
+          if (Number.isNaN(ms) || ms <= Date.now()) {
+            input.setAttribute('aria-invalid', 'true');
+            this._setDialogError(new ApiError('http', 0, 'invalid', 'Choose a date after today.'));
+            input.focus();
+            return null;
+          }
+          input.removeAttribute('aria-invalid');
+          const max = this._maxLifetime();
+          expiresAt = rfc3339(max ? Math.min(ms, Date.now() + (max - 60) * 1000) : ms);
+        } else {
+          const choice = this._expiryChoices().find((c) => c[0] === v);
+          if (!choice) return null;
+          expiresAt = this._expiryFor(choice, false);
+        }
+        return () => this._request('PUT', keyPath('/expiry'), { expires_at: expiresAt });
+      }
+      return null;
+    }
+
+    // _lifecycleDone runs when a lifecycle dialog's request succeeded, before
+    // the dialog closes: focus goes to the button that undoes it, if any.
+    _lifecycleDone(d) {
+      if (d.kind === 'suspend') d.returnFid = 'resume:' + d.keyId;
+      else if (d.kind === 'resume') d.returnFid = 'suspend:' + d.keyId;
+    }
+
+    // _openDetails shows a key's details and its history, oldest first
+    // (GET …/keys/{key_id}/history): every event with when, who and the
+    // key's status right after it.
+    _openDetails(id) {
+      const k = this._keyById(id);
+      if (!k) return;
+      const titleId = this._ids('dlg-title');
+      const histId = this._ids('history-title');
+      const status = effectiveStatus(k);
+      const perms = Array.isArray(k.permissions) ? k.permissions : [];
+      const holder = h('div', { class: 'history', role: 'region', 'aria-labelledby': histId, tabindex: '0' },
+        h('div', { class: 'checks-empty', role: 'status' }, 'Loading history\u2026'));
+      const closeBtn = h('button', { type: 'button', class: 'primary', onclick: () => this._closeDialog() }, 'Close');
+      const heading = h('h3', { id: titleId, tabindex: '-1' }, k.name || 'Untitled key');
+      const panel = h('div', { class: 'dlg' },
+        h('div', null, heading, h('p', { class: 'sub' }, 'Key details and history')),
+        h('dl', { class: 'facts' },
+          h('dt', null, 'Key'), h('dd', null, h('code', { class: 'mask' }, k.mask || '')),
+          h('dt', null, 'Status'), h('dd', null, h('span', { class: 'badge ' + status }, STATUS_LABEL[status] || String(status))),
+          h('dt', null, 'Permissions'), h('dd', null, perms.length ? perms.join(', ') : 'None'),
+          h('dt', null, 'Created'), h('dd', null, timeEl(k.created_at, false)),
+          h('dt', null, 'Expires'), h('dd', null, timeEl(k.expires_at, false))),
+        h('h4', { id: histId, style: 'margin: 0; font-size: 14px; font-weight: 600;' }, 'History'),
+        holder,
+        h('div', { class: 'actionsbar' }, closeBtn));
+      this._dialog.classList.add('wide');
+      this._openDialog({ kind: 'details', keyId: id }, panel, heading, 'details:' + id);
+      const d = this._dlg;
+      const onClose = () => {
+        this._dialog.classList.remove('wide');
+        this._dialog.removeEventListener('close', onClose);
+      };
+      this._dialog.addEventListener('close', onClose);
+      const load = () => {
+        this._request('GET', this._orgPath() + '/' + encodeURIComponent(id) + '/history').then((data) => {
+          if (this._dlg !== d) return;
+          holder.replaceChildren(this._historyTable(Array.isArray(data.data) ? data.data : []));
+        }, (err) => {
+          if (this._dlg !== d) return;
+          holder.replaceChildren(h('div', { class: 'err', role: 'alert' },
+            h('span', { class: 'msg' }, err.message),
+            err.kind !== 'session' ? h('button', {
+              type: 'button', class: 'small',
+              onclick: () => {
+                holder.replaceChildren(h('div', { class: 'checks-empty', role: 'status' }, 'Loading history\u2026'));
+                load();
+              },
+            }, 'Retry') : null));
+        });
+      };
+      load();
+    }
+
+    _historyTable(entries) {
+      if (entries.length === 0) return h('div', { class: 'checks-empty' }, 'No events yet.');
+      const actor = (a) => {
+        if (!a || !a.type) return 'Unknown';
+        if (a.type === 'system') return 'keyd (automatic)';
+        return (a.type === 'user' ? 'User ' : a.type === 'service' ? 'Service ' : a.type + ' ') + (a.id || '');
+      };
+      const detail = (e) => {
+        const key = e.key || {};
+        switch (e.type) {
+          case 'key.expiry_changed':
+            return key.expires_at ? h('span', null, 'Now expires ', timeEl(key.expires_at, false)) : 'No expiration';
+          case 'key.permissions_changed':
+          case 'key.created':
+            return Array.isArray(key.permissions) && key.permissions.length ? key.permissions.join(', ') : 'No permissions';
+          case 'key.expiring':
+            return key.expires_at ? h('span', null, 'Expires ', timeEl(key.expires_at, true)) : '';
+          default:
+            return '';
+        }
+      };
+      return h('table', null,
+        h('caption', { class: 'vh' }, 'Events of this key, oldest first'),
+        h('thead', null, h('tr', null,
+          h('th', { scope: 'col' }, 'When'), h('th', { scope: 'col' }, 'Event'),
+          h('th', { scope: 'col' }, 'By'), h('th', { scope: 'col' }, 'Details'),
+          h('th', { scope: 'col' }, 'Status after'))),
+        h('tbody', null, entries.map((e) => {
+          const st = e.key && e.key.status;
+          return h('tr', { 'data-event': e.type || '' },
+            h('td', { class: 'when' }, e.occurred_at
+              ? h('time', { datetime: e.occurred_at }, dateTimeFmt.format(Date.parse(e.occurred_at)))
+              : ''),
+            h('td', { class: 'ev' }, EVENT_LABEL[e.type] || String(e.type || '')),
+            h('td', { class: 'by' }, actor(e.actor)),
+            h('td', null, detail(e)),
+            h('td', null, st ? h('span', { class: 'badge ' + st }, STATUS_LABEL[st] || String(st)) : ''));
+        })));
     }
   }
 

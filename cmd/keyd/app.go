@@ -179,8 +179,19 @@ func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listen
 	}
 	a.Service = &domain.Service{
 		Store: a.Store, Idempotency: idem, Catalogs: catalogs, Digester: digester, Prefix: a.cfg.KeyPrefix,
-		Now: time.Now, Rand: rand.Reader,
+		Now: time.Now, Rand: rand.Reader, OrgKeys: a.orgKeys,
 	}
+	// Expiry notices, beside the projection leader (projections/notices.go);
+	// they read keys through a.Store, which checks every event it returns.
+	notices := &projections.NoticeScheduler{
+		Pool: a.Pool, Service: a.Service, Log: a.log,
+		IsLeader: func() bool { return a.Projector.Status().Leader },
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		_ = notices.Run(bg)
+	}()
 	a.Runner = &commands.Runner{
 		Service: a.Service, Metrics: a.Metrics, Log: a.log, StoreConnected: nc.IsConnected,
 		WaitApplied: func(ctx context.Context, seq uint64) error {
@@ -313,4 +324,19 @@ func (a *App) Close() {
 	if a.Pool != nil {
 		a.Pool.Close()
 	}
+}
+
+// orgKeys lists an organization's keys that are not revoked, for counting
+// them when a policy turns max_active_keys on (domain.OrgKeys): from the read
+// model once it has applied everything in the stream now, so a key created
+// just before the set_policy is counted too.
+func (a *App) orgKeys(ctx context.Context, org string) ([]string, error) {
+	seq, err := a.Store.LastSequence(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.Reads.WaitForSequence(ctx, seq, 5*time.Second); err != nil {
+		return nil, err
+	}
+	return a.Reads.ActiveKeyIDs(ctx, org)
 }

@@ -50,6 +50,9 @@ type Config struct {
 	// NATSReplyPrefixes are the reply-subject prefixes keyd answers
 	// commands on besides _INBOX., _INBOX_ and _R_. (natscmd.ReplyAllowed).
 	NATSReplyPrefixes replyPrefixes
+	// LeakSigningKeys is a file of the public keys leak reports to
+	// POST /v1/leaks may be signed with (GitHub's format).
+	LeakSigningKeys string
 
 	// explicit holds the flags given on the command line or in the
 	// environment (a taken port is then an error, not a fallback).
@@ -80,6 +83,7 @@ var flagEnv = map[string]string{
 	"nats-tls-cert":          "KEYD_NATS_TLS_CERT",
 	"nats-tls-key":           "KEYD_NATS_TLS_KEY",
 	"nats-reply-prefix":      "KEYD_NATS_REPLY_PREFIX",
+	"leak-signing-keys":      "KEYD_LEAK_SIGNING_KEYS",
 }
 
 // natsAuthFlags are the flags of the NATS credential and TLS files, for
@@ -108,6 +112,7 @@ func newFlagSet(name string, c *Config, names ...string) *flag.FlagSet {
 	str(&c.KeyPrefix, "key-prefix", "sk", "prefix of new secrets: letters, digits and _")
 	str(&c.WidgetOrigins, "widget-origins", "", "comma-separated origins allowed to call the widget routes (CORS)")
 	str(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	str(&c.LeakSigningKeys, "leak-signing-keys", "", "file of public keys (GitHub's {\"public_keys\": [...]} format) that leak reports to POST /v1/leaks may be signed with")
 	str(&c.InternalHTTP, "internal-http", "", "listen address of the internal HTTP listener serving /metrics and the detailed /readyz (the API's /readyz then answers only its status)")
 	if want["rate-limit"] {
 		fs.Float64Var(&c.RateLimit, "rate-limit", 50, "requests a second one widget session may make, 0 for no limit; the admin token has none (env KEYD_RATE_LIMIT)")

@@ -22,7 +22,7 @@ import (
 func (m *Main) runDev(ctx context.Context, args []string) error {
 	var c Config
 	fs := newFlagSet("dev", &c, "data", "nats-listen", "http", "database-url", "admin-token", "secret",
-		"key-prefix", "verifier-max-staleness", "last-used-resolution", "widget-origins", "log-level", "nats-reply-prefix", "internal-http", "rate-limit")
+		"key-prefix", "verifier-max-staleness", "last-used-resolution", "widget-origins", "log-level", "nats-reply-prefix", "internal-http", "rate-limit", "leak-signing-keys")
 	fs.SetOutput(m.Stderr)
 	if err := c.parse(fs, args, m.Getenv); err != nil {
 		return err

@@ -41,6 +41,13 @@ func (a *App) startHTTP(bg context.Context, httpLn net.Listener) error {
 		closeListeners()
 		return err
 	}
+	var leakKeys *httpapi.LeakKeys // POST /v1/leaks (--leak-signing-keys)
+	if a.cfg.LeakSigningKeys != "" {
+		if leakKeys, err = httpapi.LoadLeakKeys(a.cfg.LeakSigningKeys); err != nil {
+			closeListeners()
+			return err
+		}
+	}
 	a.Sessions = httpapi.NewSessions(domain.DeriveKey(a.secret, httpapi.SessionKeyLabel), time.Now)
 	rate := a.cfg.RateLimit
 	if rate == 0 {
@@ -59,6 +66,7 @@ func (a *App) startHTTP(bg context.Context, httpLn net.Listener) error {
 		Metrics: a.Metrics, Ready: a.ready, WidgetOrigins: a.cfg.widgetOrigins(),
 		AllowLocalhostOrigins: a.dev, LoopbackHostsOnly: a.dev, Log: a.log, Verifier: a.Verifier,
 		SessionRate: rate, EndedSessions: ended, InternalSurfaces: internalLn != nil,
+		LeakKeys: leakKeys,
 		Extra: func(mux *http.ServeMux) {
 			mux.Handle("GET /widget/keyd-api-keys.js", widget.ScriptHandler())
 			if demo != nil {

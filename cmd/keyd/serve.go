@@ -24,7 +24,7 @@ func (m *Main) runServe(ctx context.Context, args []string) error {
 	var c Config
 	fs := newFlagSet("serve", &c, append([]string{"nats-url", "http", "database-url", "admin-token", "secret",
 		"key-prefix", "stream-replicas", "verifier-max-staleness", "last-used-resolution", "widget-origins", "log-level",
-		"nats-reply-prefix", "internal-http", "rate-limit"}, natsAuthFlags...)...)
+		"nats-reply-prefix", "internal-http", "rate-limit", "leak-signing-keys"}, natsAuthFlags...)...)
 	fs.SetOutput(m.Stderr)
 	if err := c.parse(fs, args, m.Getenv); err != nil {
 		return err
