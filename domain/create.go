@@ -34,6 +34,15 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	if err != nil {
 		return CreateKeyResult{}, err
 	}
+	if cmd.Owner, err = createOwner(org, cmd.Owner, cmd.Scope); err != nil {
+		return CreateKeyResult{}, err
+	}
+	if cmd.Roles, err = NormalizeRoles(cmd.Roles); err != nil {
+		return CreateKeyResult{}, err
+	}
+	if cmd.Resources, err = NormalizeResources(cmd.Resources); err != nil {
+		return CreateKeyResult{}, err
+	}
 	if len(cmd.IdempotencyKey) > 200 {
 		return CreateKeyResult{}, Errorf(EInvalid, "idempotency_key must be at most 200 bytes")
 	}
@@ -130,11 +139,21 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 	if err := catalog.CheckGrantable(perms); err != nil {
 		return CreateKeyResult{}, false, err
 	}
+	if len(cmd.Roles) > 0 {
+		roles, _, err := s.Roles(ctx)
+		if err != nil {
+			return CreateKeyResult{}, false, err
+		}
+		if err := roles.CheckGrantable(cmd.Roles); err != nil {
+			return CreateKeyResult{}, false, err
+		}
+	}
 	secret, err := s.newSecret()
 	if err != nil {
 		return CreateKeyResult{}, true, err
 	}
 	k := newKey(org, s.credential(keyID, secret), cmd.Name, perms, cmd.Metadata, expires, now)
+	k.Owner, k.Roles, k.Resources = *cmd.Owner, cmd.Roles, cmd.Resources
 	res, err := s.appendNewKey(ctx, c, KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}, now)
 	if err != nil {
 		return CreateKeyResult{}, true, err
@@ -165,4 +184,19 @@ func (s *Service) appendNewKey(ctx context.Context, c command, d KeyCreatedData,
 		return CreateKeyResult{}, storeError(err)
 	}
 	return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, nil
+}
+
+// createOwner is the owner of a key created in org by a command of scope
+// sc that asked for o (nil: none). Errors: invalid_argument for an owner
+// that is not one (CheckOwner), permission_denied for one sc may not create.
+func createOwner(org string, o *Owner, sc Scope) (*Owner, error) {
+	own, err := CheckOwner(org, o)
+	if err != nil {
+		return nil, err
+	}
+	own, err = sc.ownerForCreate(org, own, o != nil)
+	if err != nil {
+		return nil, err
+	}
+	return &own, nil
 }

@@ -15,6 +15,8 @@ const (
 	EventKeyRotated            = "key.rotated"
 	EventPermissionDefined     = "permission.defined"
 	EventPermissionRetired     = "permission.retired"
+	EventRoleDefined           = "role.defined"
+	EventRoleRetired           = "role.retired"
 )
 
 // Subjects in the KEYD_EVENTS stream.
@@ -22,6 +24,7 @@ const (
 	StreamName      = "KEYD_EVENTS"
 	EventSubjects   = "keyd.events.>"
 	CatalogSubject  = "keyd.events.permissions"
+	RolesSubject    = "keyd.events.roles"
 	keySubjectStart = "keyd.events.keys."
 )
 
@@ -77,6 +80,10 @@ type KeyPermissionsChangedData struct {
 	Permissions []string `json:"permissions"`
 	Previous    []string `json:"previous"`
 	Key         KeyState `json:"key"`
+	// Roles and Resources are the key's roles and resources after the
+	// event.
+	Roles     []string `json:"roles,omitempty"`
+	Resources []string `json:"resources,omitempty"`
 }
 
 // KeyRevokedData is the payload of key.revoked.
@@ -126,7 +133,7 @@ func DecodeEvent(b []byte) (Event, error) {
 		if !ValidOrgID(e.OrgID) || !ValidKeyID(e.KeyID) {
 			return Event{}, Errorf(EInvalid, "key event %s has an invalid org_id or key_id", e.ID)
 		}
-	case EventPermissionDefined, EventPermissionRetired:
+	case EventPermissionDefined, EventPermissionRetired, EventRoleDefined, EventRoleRetired:
 	default:
 		return Event{}, Errorf(EInvalid, "event %s has unknown type %q", e.ID, e.Type)
 	}
@@ -140,6 +147,32 @@ func (e Event) IsKeyEvent() bool {
 		return true
 	}
 	return false
+}
+
+// IsRoleEvent reports whether the event belongs to the role catalog.
+func (e Event) IsRoleEvent() bool {
+	return e.Type == EventRoleDefined || e.Type == EventRoleRetired
+}
+
+// RoleEventData is the payload of role.defined and role.retired: the role
+// as the event left it, and the whole role catalog after it, at its version
+// (one more than before the event).
+type RoleEventData struct {
+	Role    Role   `json:"role"`
+	Roles   []Role `json:"roles"`
+	Version int64  `json:"version"`
+}
+
+// RoleCatalog returns the role catalog after this role event.
+func (e Event) RoleCatalog() (RoleCatalog, error) {
+	if !e.IsRoleEvent() {
+		return RoleCatalog{}, Errorf(EInvalid, "event %s (%s) is not a role event", e.ID, e.Type)
+	}
+	var d RoleEventData
+	if err := json.Unmarshal(e.Data, &d); err != nil || d.Version < 1 {
+		return RoleCatalog{}, Errorf(EInvalid, "event %s carries no role catalog", e.ID)
+	}
+	return NewRoleCatalog(d.Roles, d.Version), nil
 }
 
 // KeyState returns the state of the key after this key event.
@@ -177,6 +210,9 @@ func (e Event) Catalog() (Catalog, error) {
 // must not be applied.
 func (e Event) CheckSubject(subject string) error {
 	want := CatalogSubject
+	if e.IsRoleEvent() {
+		want = RolesSubject
+	}
 	if e.IsKeyEvent() {
 		want = KeySubject(e.OrgID, e.KeyID)
 	}

@@ -27,7 +27,9 @@ const (
 	MaxGracePeriod      = 30 * 24 * time.Hour
 )
 
-// Owner is who a key belongs to. Today every key is owned by its organization.
+// Owner is who a key belongs to: its organization ({"type":
+// "organization", "id": <org>}) or one of its users ({"type": "user", "id":
+// <user id>}). It never changes.
 type Owner struct {
 	Type string `json:"type"`
 	ID   string `json:"id"`
@@ -53,6 +55,11 @@ type KeyState struct {
 	RotatedFrom  string            `json:"rotated_from,omitempty"`
 	RotatedTo    string            `json:"rotated_to,omitempty"`
 	Version      int64             `json:"version"`
+	// Roles and Resources are what was granted (sorted; retired roles
+	// included); events written before roles and resources existed have
+	// none.
+	Roles     []string `json:"roles"`
+	Resources []string `json:"resources"`
 }
 
 // KeyView is the public shape of a key (the contract's KeyView).
@@ -70,6 +77,8 @@ type KeyView struct {
 	LastUsedAt  *time.Time        `json:"last_used_at"`
 	Metadata    map[string]string `json:"metadata"`
 	Version     int64             `json:"version"`
+	Roles       []string          `json:"roles"`
+	Resources   []string          `json:"resources"`
 }
 
 // EffectiveStatus is the status at time now: revoked, expired (expires_at
@@ -99,12 +108,23 @@ func (k KeyState) View(now time.Time, lastUsed *time.Time) KeyView {
 		Permissions: perms, Status: k.EffectiveStatus(now), CreatedAt: k.CreatedAt,
 		ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt, LastUsedAt: lastUsed,
 		Metadata: md, Version: k.Version,
+		Roles: orEmpty(k.Roles), Resources: orEmpty(k.Resources),
 	}
+}
+
+// orEmpty is ss, or [] for nil (the contract's JSON has [], never null).
+func orEmpty(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
 }
 
 func (k KeyState) clone() KeyState {
 	k.Permissions = slices.Clone(k.Permissions)
 	k.Metadata = maps.Clone(k.Metadata)
+	k.Roles = slices.Clone(k.Roles)
+	k.Resources = slices.Clone(k.Resources)
 	return k
 }
 
@@ -197,6 +217,7 @@ func newKey(org string, c Credential, name string, perms []string, md map[string
 		ID: c.KeyID, OrgID: org, Name: name, Owner: Owner{Type: "organization", ID: org},
 		Mask: c.Mask, Digest: c.Digest, Permissions: perms,
 		Status: StatusActive, CreatedAt: now, ExpiresAt: expires, Metadata: md, Version: 1,
+		Roles: []string{}, Resources: []string{},
 	}
 }
 
@@ -267,7 +288,7 @@ func (k KeyState) Update(name *string, md map[string]string, now time.Time) (d K
 }
 
 // Rotate decides replacing the key by a new one, known by next, with the
-// same name, permissions and metadata: created is the new key's payload,
+// same name, owner, permissions, roles, resources and metadata: created is the new key's payload,
 // rotated the old key's, which now expires after grace (whole seconds; 0:
 // now) but never later than it already did. Both events are appended
 // together.
@@ -278,6 +299,7 @@ func (k KeyState) Rotate(next Credential, grace time.Duration, now time.Time) (c
 	}
 	nk := newKey(k.OrgID, next, k.Name, slices.Clone(k.Permissions), maps.Clone(k.Metadata), nil, now)
 	nk.RotatedFrom = k.ID
+	nk.Owner, nk.Roles, nk.Resources = k.Owner, slices.Clone(orEmpty(k.Roles)), slices.Clone(orEmpty(k.Resources))
 	o := k.clone()
 	exp := now.Add(grace)
 	if k.ExpiresAt != nil && k.ExpiresAt.Before(exp) {

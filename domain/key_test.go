@@ -192,7 +192,7 @@ func TestViewShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := slices.Sorted(mapKeys(m))
-	want := []string{"created_at", "expires_at", "id", "last_used_at", "mask", "metadata", "name", "org_id", "owner", "permissions", "revoked_at", "status", "version"}
+	want := []string{"created_at", "expires_at", "id", "last_used_at", "mask", "metadata", "name", "org_id", "owner", "permissions", "resources", "revoked_at", "roles", "status", "version"}
 	if !slices.Equal(got, want) {
 		t.Errorf("KeyView JSON keys = %q, want %q", got, want)
 	}
@@ -454,6 +454,7 @@ func TestKeyRotate(t *testing.T) {
 				ID: next.KeyID, OrgID: "org_1", Name: "ci", Owner: domain.Owner{Type: "organization", ID: "org_1"},
 				Mask: next.Mask, Digest: next.Digest, Permissions: []string{"a", "b"}, Status: domain.StatusActive,
 				CreatedAt: ruleNow, Metadata: map[string]string{"team": "ops"}, RotatedFrom: tt.k.ID, Version: 1,
+				Roles: []string{}, Resources: []string{},
 			}
 			if !reflect.DeepEqual(created, domain.KeyCreatedData{Key: wantNew, RotatedFrom: tt.k.ID}) {
 				t.Errorf("created %+v,\nwant key %+v", created, wantNew)

@@ -44,6 +44,12 @@ type Service struct {
 
 	idMu sync.Mutex
 	ids  *ulid.MonotonicEntropy
+
+	// Keys finds a user's keys for RevokeUserKeys (nil: that command is
+	// unavailable).
+	Keys KeyDirectory
+	// roles is the last role catalog Roles decoded (as catalog).
+	roles atomic.Pointer[decodedRoles]
 }
 
 type decodedCatalog struct {
@@ -237,12 +243,16 @@ func (s *Service) RevokeKey(ctx context.Context, org string, cmd RevokeKey) (Key
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyRevoked, retry: true}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
+		if err := cmd.Scope.checkKey(k, false); err != nil {
+			return nil, false, err
+		}
 		d, changed := k.Revoke(cmd.Reason, now)
 		return d, changed, nil
 	})
 }
 
-// SetPermissions replaces a key's permissions. Every permission must be
+// SetPermissions replaces a key's permissions, roles and/or resources
+// (each given field; at least one). Every permission and role must be
 // defined and active. With ExpectedVersion the command applies only to that
 // version (conflict otherwise) and is not retried.
 func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermissions) (KeyResult, error) {
@@ -250,12 +260,24 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 	if err != nil {
 		return KeyResult{}, err
 	}
-	if cmd.Permissions == nil {
-		return KeyResult{}, Errorf(EInvalid, "permissions is required (an array of slugs; [] removes all)")
+	if cmd.Permissions == nil && cmd.Roles == nil && cmd.Resources == nil {
+		return KeyResult{}, Errorf(EInvalid, "give permissions, roles and/or resources (arrays; [] removes all)")
 	}
-	perms, err := NormalizePermissions(cmd.Permissions)
-	if err != nil {
-		return KeyResult{}, err
+	var g Grants
+	if cmd.Permissions != nil {
+		if g.Permissions, err = NormalizePermissions(cmd.Permissions); err != nil {
+			return KeyResult{}, err
+		}
+	}
+	if cmd.Roles != nil {
+		if g.Roles, err = NormalizeRoles(cmd.Roles); err != nil {
+			return KeyResult{}, err
+		}
+	}
+	if cmd.Resources != nil {
+		if g.Resources, err = NormalizeResources(cmd.Resources); err != nil {
+			return KeyResult{}, err
+		}
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyPermissionsChanged, retry: cmd.ExpectedVersion == nil}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
@@ -264,7 +286,13 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 		if err != nil {
 			return nil, false, err
 		}
-		return k.SetPermissions(perms, catalog, cmd.ExpectedVersion, now)
+		var roles RoleCatalog
+		if len(g.Roles) > 0 {
+			if roles, _, err = s.Roles(ctx); err != nil {
+				return nil, false, err
+			}
+		}
+		return k.SetGrants(g, catalog, roles, cmd.Scope, cmd.ExpectedVersion, now)
 	})
 }
 
@@ -287,6 +315,9 @@ func (s *Service) UpdateKey(ctx context.Context, org string, cmd UpdateKey) (Key
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyUpdated, retry: true}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
+		if err := cmd.Scope.checkKey(k, true); err != nil {
+			return nil, false, err
+		}
 		return k.Update(cmd.Name, cmd.Metadata, now)
 	})
 }
@@ -320,6 +351,9 @@ func (s *Service) RotateKey(ctx context.Context, org string, cmd RotateKey) (Rot
 	next := s.credential(newID, secret)
 	w := write[KeyState]{aggregate: keyAggregate(org, cmd.KeyID), cmd: c, evType: EventKeyRotated, retry: true}
 	out, err := mutate(ctx, s, w, func(k KeyState, now time.Time) ([]change[KeyState], error) {
+		if err := cmd.Scope.checkKey(k, true); err != nil {
+			return nil, err
+		}
 		created, rotated, err := k.Rotate(next, grace, now)
 		if err != nil {
 			return nil, err

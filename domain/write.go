@@ -66,6 +66,8 @@ type change[S any] struct {
 	// startsSubject marks the first event on its subject (a new key): it
 	// is appended only if the subject is still empty.
 	startsSubject bool
+	// roles marks an event of the role catalog (keyID empty).
+	roles bool
 }
 
 // keyChange is the change of event typ with payload d on d's key.
@@ -75,6 +77,9 @@ func keyChange(typ string, d keyEventData) change[KeyState] {
 }
 
 func (c change[S]) subject() string {
+	if c.roles {
+		return RolesSubject
+	}
 	if c.keyID == "" {
 		return CatalogSubject
 	}
@@ -170,7 +175,11 @@ func mutate[S any](ctx context.Context, s *Service, w write[S], decide func(st S
 			if err != nil {
 				return outcome[S]{}, err
 			}
-			m := AppendMsg{Subject: c.subject(), ExpectedSequence: cur.seq, MsgID: w.cmd.id + ":" + msgSuffix(c.keyID), Type: c.typ, Data: data}
+			suffix := msgSuffix(c.keyID)
+			if c.roles {
+				suffix = "roles"
+			}
+			m := AppendMsg{Subject: c.subject(), ExpectedSequence: cur.seq, MsgID: w.cmd.id + ":" + suffix, Type: c.typ, Data: data}
 			if c.startsSubject {
 				m.ExpectedSequence = 0
 			}

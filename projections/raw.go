@@ -45,7 +45,9 @@ func NewRawUpsert(tables Tables, recs []domain.Record, keysPerTx int) (*RawUpser
 	var catalog *decoded           // the last catalog event
 	for i, d := range ds {
 		if d.key == nil {
-			catalog = &ds[i]
+			if d.role == "" { // role events are not part of this floor
+				catalog = &ds[i]
+			}
 			continue
 		}
 		if _, seen := lastKey[d.key.ID]; !seen {

@@ -36,6 +36,7 @@ func suffixed(t Tables, suffix string) Tables {
 		Permissions:  t.Permissions + suffix,
 		Verification: t.Verification + suffix,
 		Checkpoint:   t.Checkpoint + suffix,
+		Roles:        t.Roles + suffix,
 	}
 }
 

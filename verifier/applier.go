@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
@@ -18,6 +19,10 @@ type applier struct {
 	retired map[string]struct{} // retired catalog permissions
 	applied uint64              // last stream sequence applied
 	keys    int
+	// roles is the role catalog; holders indexes the grants holding each
+	// role, so a role change recomputes exactly those.
+	roles   map[string]roleState
+	holders map[string][]*permSet
 
 	// While booting, keys go into private tables, published at once when
 	// the verifier has caught up.
@@ -38,6 +43,8 @@ func newApplier(v *Verifier) *applier {
 func (a *applier) reset() {
 	a.in = newInterner()
 	a.retired = map[string]struct{}{}
+	a.roles = map[string]roleState{}
+	a.holders = map[string][]*permSet{}
 	a.work = new([nShards]table)
 	a.applied = 0
 	a.keys = 0
@@ -147,8 +154,17 @@ func (a *applier) apply(subject string, data []byte) error {
 		if _, err := hex.Decode(d[:], []byte(k.Digest)); err != nil {
 			return fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
 		}
-		ent := a.in.entryFromKey(&k, a.retired)
+		ps := a.grantSlices(k.Permissions, k.Roles, k.Resources)
+		ent := a.in.entryFromKey(&k, ps)
 		a.put(d, &ent)
+		return nil
+	}
+	if ev.IsRoleEvent() {
+		rc, err := ev.RoleCatalog()
+		if err != nil {
+			return err
+		}
+		a.setRoles(rc.List())
 		return nil
 	}
 	c, err := ev.Catalog()
@@ -184,22 +200,64 @@ func (a *applier) setCatalog(list []domain.Permission) {
 	if !added {
 		return
 	}
-	a.in.forgetPerms()
-	a.commit()
-	tables := a.work
-	if tables == nil {
-		tables = new([nShards]table)
-		for s := range tables {
-			tables[s] = *a.v.keys.shards[s].Load()
+	// Every grant is recomputed: the retired permission may be its own or
+	// come through a role. One store per grant, not per key.
+	for _, ps := range a.in.perms {
+		ps.eff.Store(a.effective(ps))
+	}
+}
+
+// roleState is one role of the catalog, as the verifier needs it.
+type roleState struct {
+	perms  []string
+	active bool
+}
+
+// setRoles takes the role catalog after a role event, and recomputes the
+// grants holding a role that changed (through holders), at once.
+func (a *applier) setRoles(list []domain.Role) {
+	var changed []string
+	for _, r := range list {
+		st := roleState{perms: r.Permissions, active: r.Status == domain.PermissionActive}
+		old, had := a.roles[r.Slug]
+		if had && old.active == st.active && slices.Equal(old.perms, st.perms) {
+			continue
+		}
+		a.roles[r.Slug] = st
+		changed = append(changed, r.Slug)
+	}
+	for _, slug := range changed {
+		for _, ps := range a.holders[slug] {
+			ps.eff.Store(a.effective(ps))
 		}
 	}
-	for _, t := range tables {
-		for _, sl := range t {
-			ent := sl.state.Load()
-			if n := a.in.withoutRetired(ent, retired); n != ent {
-				sl.state.Store(n)
-			}
-		}
+}
+
+// effective computes what grant ps amounts to now.
+func (a *applier) effective(ps *permSet) *effective {
+	list := domain.EffectivePermissions(ps.own, ps.roles,
+		func(p string) bool { _, gone := a.retired[p]; return !gone },
+		func(r string) ([]string, bool) { st, ok := a.roles[r]; return st.perms, ok && st.active })
+	for i, p := range list {
+		list[i] = a.in.intern(p)
+	}
+	roles := domain.ActiveRoles(ps.roles, func(r string) bool { return a.roles[r].active })
+	return &effective{list: orEmpty(list), roles: orEmpty(roles)}
+}
+
+// grantSlices returns the shared grant of own, roles and resources,
+// indexing a new one under each of its roles.
+func (a *applier) grantSlices(own, roles, resources []string) *permSet {
+	ps, isNew := a.in.grantSlices(own, roles, resources, a.effective)
+	if isNew {
+		a.index(ps)
+	}
+	return ps
+}
+
+func (a *applier) index(ps *permSet) {
+	for _, r := range ps.roles {
+		a.holders[r] = append(a.holders[r], ps)
 	}
 }
 
@@ -231,7 +289,7 @@ func (a *applier) loadRow(vals [][]byte) error {
 	ent := entry{
 		text:    text,
 		org:     a.in.orgOf(vals[2], vals[3], vals[4]),
-		perms:   a.in.permList(vals[6], a.retired),
+		perms:   a.grantRaw(vals[6], vals[10], vals[11]),
 		meta:    emptyMetadata,
 		revoked: string(vals[8]) == domain.StatusRevoked,
 	}
@@ -252,4 +310,13 @@ func (a *applier) loadRow(vals [][]byte) error {
 	}
 	a.put(d, &ent)
 	return nil
+}
+
+// grantRaw is grantSlices for comma-joined columns of the snapshot.
+func (a *applier) grantRaw(own, roles, resources []byte) *permSet {
+	ps, isNew := a.in.grant(own, roles, resources, a.effective)
+	if isNew {
+		a.index(ps)
+	}
+	return ps
 }

@@ -27,10 +27,11 @@ const snapshotQuery = `SELECT encode(digest, 'hex'), key_id, org_id, owner_type,
 	array_to_string(permissions, ','),
 	round(extract(epoch FROM expires_at) * 1000000)::bigint::text,
 	status,
-	CASE WHEN metadata = '{}'::jsonb THEN NULL ELSE metadata::text END
+	CASE WHEN metadata = '{}'::jsonb THEN NULL ELSE metadata::text END,
+	array_to_string(roles, ','), array_to_string(resources, ',')
 FROM ` + migrations.VerificationTable
 
-const snapshotColumns = 10
+const snapshotColumns = 12
 
 // SnapshotQuery is the query a verifier reads the verification snapshot with
 // when it boots (inside its REPEATABLE READ transaction). Benchmarks read it
@@ -95,6 +96,17 @@ func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, e
 	for _, s := range retired {
 		a.retired[s] = struct{}{}
 	}
+
+	// The role catalog, before the keys whose grants it decides.
+	rows, err = tx.Query(ctx, `SELECT slug, description, permissions, status FROM `+migrations.RolesTable)
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	roles, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.Role])
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	a.setRoles(roles)
 
 	// Size the tables up front: no rehashing while loading.
 	var count int64

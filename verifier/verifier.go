@@ -39,6 +39,7 @@ const (
 	CodeRevoked                 = "revoked"                  // the key was revoked
 	CodeExpired                 = "expired"                  // the key's expires_at is at or before now
 	CodeInsufficientPermissions = "insufficient_permissions" // the key is fine but lacks a requested permission
+	CodeResourceNotAllowed      = "resource_not_allowed"     // the key restricts the resource's type and does not list it
 )
 
 // Defaults of Config.
@@ -63,8 +64,10 @@ type Result struct {
 	Sequence uint64  `json:"sequence"`
 }
 
-// KeyInfo is what a verification tells about a key. Permissions are sorted
-// and exclude permissions the catalog has retired; Metadata is never nil.
+// KeyInfo is what a verification tells about a key. Permissions are its
+// effective permissions: its own active permissions plus the active
+// permissions of its active roles, sorted and de-duplicated (retired ones
+// excluded); Metadata is never nil.
 //
 // The Permissions slice and the Metadata map are shared with the verifier
 // (and with other keys that have equal ones): they must not be modified.
@@ -76,6 +79,10 @@ type KeyInfo struct {
 	Permissions []string          `json:"permissions"`
 	ExpiresAt   *time.Time        `json:"expires_at"`
 	Metadata    map[string]string `json:"metadata"`
+	// Roles are the key's active roles (sorted); Resources what it is
+	// restricted to ("type:id", sorted; [] when unrestricted).
+	Roles     []string `json:"roles"`
+	Resources []string `json:"resources"`
 }
 
 // IsZero reports whether k is the zero KeyInfo (no key was found).
@@ -304,6 +311,20 @@ func (v *Verifier) Close() {
 // records the key's last use in memory; it is written out in batches (see
 // FlushLastUsed).
 func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...string) (Result, error) {
+	return v.VerifyResource(ctx, secret, "", permissions...)
+}
+
+// VerifyResource is Verify for a request on resource ("<type>:<id>"; ""
+// for none): a key that restricts that type (lists resources of it) and does
+// not list the resource is resource_not_allowed, checked after expiry and
+// before permissions. Errors: as Verify, and invalid_argument for a resource
+// that is not one (domain.CheckResource).
+func (v *Verifier) VerifyResource(ctx context.Context, secret, resource string, permissions ...string) (Result, error) {
+	if resource != "" {
+		if err := domain.CheckResource("resource", resource); err != nil {
+			return Result{}, err
+		}
+	}
 	for _, p := range permissions {
 		if !domain.ValidSlug(p) {
 			return Result{}, invalidPermission(p)
@@ -341,9 +362,11 @@ func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...str
 		r.Code = CodeRevoked
 	case expiredAt(ent.expires, now):
 		r.Code = CodeExpired
+	case resource != "" && !domain.ResourceAllowed(r.Key.Resources, resource):
+		r.Code = CodeResourceNotAllowed
 	default:
 		for _, p := range permissions {
-			if _, ok := slices.BinarySearch(ent.perms.list, p); !ok {
+			if _, ok := slices.BinarySearch(r.Key.Permissions, p); !ok {
 				r.Code = CodeInsufficientPermissions
 				return r, nil
 			}

@@ -32,12 +32,14 @@ func (s *Server) command(name string) authedHandler {
 			KeyID:     r.PathValue("key_id"),
 			Slug:      r.PathValue("slug"),
 			CommandID: r.Header.Get(commands.CommandIDHeader),
+			UserID:    r.PathValue("user_id"),
 		}
 		if c.admin {
 			a := adminActor // a copy: the command may keep the pointer
 			t.DefaultActor = &a
 		} else {
 			t.Actor = c.actor()
+			t.Scope = c.session.keyScope()
 		}
 		org := r.PathValue("org")
 		reply, err := s.Runner.Run(r.Context(), name, org, body, t)

@@ -39,6 +39,23 @@ type Session struct {
 	OrgID     string    `json:"org_id"`
 	UserID    string    `json:"user_id"`
 	ExpiresAt time.Time `json:"expires_at"`
+	// Scope is ScopeOrganization (every key of the organization) or
+	// ScopeUser (only the keys the user owns).
+	Scope string `json:"scope"`
+}
+
+// Session scopes.
+const (
+	ScopeOrganization = "organization"
+	ScopeUser         = "user"
+)
+
+// keyScope is the domain.Scope of the commands a session runs.
+func (s Session) keyScope() domain.Scope {
+	if s.Scope == ScopeUser {
+		return domain.Scope{User: s.UserID}
+	}
+	return domain.Scope{Organization: true}
 }
 
 // Sessions issues and verifies widget session tokens: stateless bearer
@@ -69,6 +86,7 @@ type sessionPayload struct {
 	User  string `json:"user"`
 	Exp   int64  `json:"exp"`
 	Nonce string `json:"nonce"`
+	Scope string `json:"scope,omitempty"` // "" (older tokens) is organization
 }
 
 // Issue returns a token for user in org, valid for ttl, and its expiry.
@@ -76,6 +94,23 @@ type sessionPayload struct {
 // to 200 bytes of single-line text (domain.CheckText), or a ttl outside (0, MaxSessionTTL]; internal if
 // the system's random source fails.
 func (s *Sessions) Issue(org, user string, ttl time.Duration) (token string, expires time.Time, err error) {
+	return s.IssueScoped(org, user, ScopeOrganization, ttl)
+}
+
+// IssueScoped is Issue for a session of scope (ScopeOrganization or
+// ScopeUser; a user-scope session's user id must be a user id as owners
+// have them, domain.ValidUserID). Errors: as Issue, and invalid_argument for
+// another scope.
+func (s *Sessions) IssueScoped(org, user, scope string, ttl time.Duration) (token string, expires time.Time, err error) {
+	switch scope {
+	case ScopeOrganization:
+	case ScopeUser:
+		if err := domain.CheckUserID("user_id", user); err != nil {
+			return "", time.Time{}, err
+		}
+	default:
+		return "", time.Time{}, domain.Errorf(domain.EInvalid, `scope must be "organization" or "user", got %q`, scope)
+	}
 	if err := domain.CheckOrgID(org); err != nil {
 		return "", time.Time{}, err
 	}
@@ -95,7 +130,7 @@ func (s *Sessions) Issue(org, user string, ttl time.Duration) (token string, exp
 	}
 	expires = s.now().Add(ttl).UTC().Truncate(time.Millisecond)
 	payload, err := json.Marshal(sessionPayload{Org: org, User: user, Exp: expires.UnixMilli(),
-		Nonce: base64.RawURLEncoding.EncodeToString(nonce[:])})
+		Nonce: base64.RawURLEncoding.EncodeToString(nonce[:]), Scope: scope})
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -131,7 +166,15 @@ func (s *Sessions) Verify(token string) (Session, error) {
 	if !s.now().Before(exp) {
 		return Session{}, domain.Errorf(domain.EUnauthorized, "widget session expired; ask the host page for a new one")
 	}
-	return Session{OrgID: pl.Org, UserID: pl.User, ExpiresAt: exp}, nil
+	scope := ScopeOrganization
+	switch pl.Scope {
+	case "", ScopeOrganization:
+	case ScopeUser:
+		scope = ScopeUser
+	default:
+		return Session{}, invalid
+	}
+	return Session{OrgID: pl.Org, UserID: pl.User, ExpiresAt: exp, Scope: scope}, nil
 }
 
 func (s *Sessions) sign(payload string) []byte {
@@ -145,6 +188,7 @@ type createSessionRequest struct {
 	OrgID      string `json:"org_id"`
 	UserID     string `json:"user_id"`
 	TTLSeconds *int64 `json:"ttl_seconds"`
+	Scope      string `json:"scope"`
 }
 
 // sessionReply is the reply of POST /v1/widget/sessions.
@@ -154,7 +198,7 @@ type sessionReply struct {
 }
 
 // createSession answers POST /v1/widget/sessions (admin token only), body
-// {"org_id", "user_id", "ttl_seconds"?}: a widget session token for that
+// {"org_id", "user_id", "ttl_seconds"?, "scope"?}: a widget session token for that
 // user in that organization, valid ttl_seconds (1..3600, default 600):
 // {"token", "expires_at"}. The host application's server calls it and
 // hands the token to the page that embeds the widget.
@@ -184,7 +228,10 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request, _ caller)
 		}
 		ttl = time.Duration(*req.TTLSeconds) * time.Second
 	}
-	token, expires, err := s.Sessions.Issue(req.OrgID, req.UserID, ttl)
+	if req.Scope == "" {
+		req.Scope = ScopeOrganization
+	}
+	token, expires, err := s.Sessions.IssueScoped(req.OrgID, req.UserID, req.Scope, ttl)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -193,7 +240,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request, _ caller)
 }
 
 // getSession answers GET /v1/widget/session (widget session token only):
-// {"org_id", "user_id", "expires_at"} of the token it is called with, so
+// {"org_id", "user_id", "expires_at", "scope"} of the token it is called with, so
 // the widget learns its organization.
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request, c caller) {
 	writeJSON(w, http.StatusOK, c.session)

@@ -41,7 +41,7 @@ func TestSessionsIssueVerify(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	if want := (Session{OrgID: "org_1", UserID: "user 42", ExpiresAt: exp}); got != want {
+	if want := (Session{OrgID: "org_1", UserID: "user 42", ExpiresAt: exp, Scope: ScopeOrganization}); got != want {
 		t.Errorf("Verify = %+v, want %+v", got, want)
 	}
 	if tok2 := mustIssue(t, s, "org_1", "user 42", 10*time.Minute); tok2 == tok {

@@ -11,6 +11,7 @@ import (
 type verifyRequest struct {
 	Key         *string  `json:"key"`
 	Permissions []string `json:"permissions"`
+	Resource    string   `json:"resource"`
 }
 
 // verify answers POST /v1/keys/verify from this process's in-memory
@@ -38,7 +39,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 		return
 	}
 	// An empty or mistyped key is a well-formed request: 200, code malformed.
-	res, err := s.Verifier.Verify(r.Context(), *req.Key, req.Permissions...)
+	res, err := s.Verifier.VerifyResource(r.Context(), *req.Key, req.Resource, req.Permissions...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

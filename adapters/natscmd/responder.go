@@ -1,7 +1,8 @@
 // Package natscmd answers keyd's commands over NATS request/reply.
 //
 // Subjects: keyd.cmd.keys.<org>.<command> (create, revoke, set_permissions,
-// update, rotate) and keyd.cmd.permissions.<command> (define, retire), in the
+// update, rotate, revoke_user_keys), keyd.cmd.permissions.<command> and
+// keyd.cmd.roles.<command> (define, retire), in the
 // queue group "keyd" so several keyd processes share the load. Every request
 // that carries a reply subject gets exactly one reply: the command's JSON
 // result, or {"error": {"code", "message"}} (domain.ErrorBody). A request
@@ -98,7 +99,7 @@ func Parse(subject string) (org, name string, err error) {
 			return "", "", err
 		}
 		if !commands.IsKeyCommand(parts[4]) {
-			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update or rotate", parts[4])
+			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update, rotate or revoke_user_keys", parts[4])
 		}
 		return parts[3], parts[4], nil
 	case len(parts) == 4 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "permissions":
@@ -106,8 +107,14 @@ func Parse(subject string) (org, name string, err error) {
 			return "", "", domain.Errorf(domain.EInvalid, "unknown permission command %q; use define or retire", parts[3])
 		}
 		return "", parts[3], nil
+	case len(parts) == 4 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "roles":
+		name := commands.RoleCommand(parts[3])
+		if name == "" {
+			return "", "", domain.Errorf(domain.EInvalid, "unknown role command %q; use define or retire", parts[3])
+		}
+		return "", name, nil
 	}
-	return "", "", domain.Errorf(domain.EInvalid, "unknown command subject %q; use keyd.cmd.keys.<org>.<command> or keyd.cmd.permissions.<command>", subject)
+	return "", "", domain.Errorf(domain.EInvalid, "unknown command subject %q; use keyd.cmd.keys.<org>.<command>, keyd.cmd.permissions.<command> or keyd.cmd.roles.<command>", subject)
 }
 
 func (r *Responder) handle(m *nats.Msg) {

@@ -158,6 +158,7 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	a.Service = &domain.Service{
 		Store: a.Store, Idempotency: idem, Digester: digester, Prefix: a.cfg.KeyPrefix,
 		Now: time.Now, Rand: rand.Reader,
+		Keys: postgres.UserKeys{Reads: a.Reads, StreamLast: a.Store.LastSequence},
 	}
 	a.Runner = &commands.Runner{
 		Service: a.Service, Metrics: a.Metrics, Log: a.log,
