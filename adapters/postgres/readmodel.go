@@ -159,60 +159,10 @@ func (r *ReadModel) ListKeys(ctx context.Context, org string, f KeyFilter) (keys
 		return nil, "", err
 	}
 	now := r.now()
-
-	// Every piece of SQL below is a constant; values go in as parameters.
-	q := "SELECT " + keyColumns + " FROM keys WHERE org_id = $1"
-	args := []any{org}
-	switch f.Status {
-	case "", "all":
-	case domain.StatusActive:
-		args = append(args, now)
-		q += " AND status = 'active' AND (expires_at IS NULL OR expires_at > $2)"
-	case domain.StatusRevoked:
-		q += " AND status = 'revoked'"
-	case domain.StatusExpired:
-		args = append(args, now)
-		q += " AND status = 'active' AND expires_at <= $2"
-	}
-	if err := CheckKeyFilter(f); err != nil {
+	q, args, err := listQuery(org, f, limit, now)
+	if err != nil {
 		return nil, "", err
 	}
-	if f.OwnerID != "" {
-		args = append(args, f.OwnerID)
-		q += " AND owner_type = 'user' AND owner_id = $" + strconv.Itoa(len(args))
-	} else if f.OwnerType != "" {
-		args = append(args, f.OwnerType)
-		q += " AND owner_type = $" + strconv.Itoa(len(args))
-	}
-	if f.Q != "" {
-		// keys_name_trgm serves the substring, keys_org_mask4 the mask.
-		args = append(args, "%"+escapeLike(strings.ToLower(f.Q))+"%")
-		cond := "lower(name) LIKE $" + strconv.Itoa(len(args))
-		if len(f.Q) == 4 {
-			args = append(args, f.Q)
-			cond = "(" + cond + " OR right(mask, 4) = $" + strconv.Itoa(len(args)) + ")"
-		}
-		q += " AND " + cond
-	}
-	if f.Permission != "" {
-		args = append(args, []string{f.Permission})
-		q += " AND effective_permissions @> $" + strconv.Itoa(len(args)) + "::text[]"
-	}
-	if f.ExpiresBefore != nil {
-		args = append(args, *f.ExpiresBefore)
-		q += " AND expires_at < $" + strconv.Itoa(len(args))
-	}
-	if f.Cursor != "" {
-		after, ok := decodeCursor(f.Cursor)
-		if !ok {
-			return nil, "", domain.Errorf(domain.EInvalid, "cursor is not valid")
-		}
-		args = append(args, after)
-		q += " AND key_id < $" + strconv.Itoa(len(args))
-	}
-	args = append(args, limit+1)
-	q += " ORDER BY key_id DESC LIMIT $" + strconv.Itoa(len(args))
-
 	rows, err := r.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, "", classify(fmt.Errorf("list keys of organization %s: %w", org, err))
@@ -492,4 +442,64 @@ func (u UserKeys) UserKeyIDs(ctx context.Context, org, user string) ([]string, e
 		}
 	}
 	return u.Reads.UserKeyIDs(ctx, org, user)
+}
+
+// listQuery is the SQL and arguments of ListKeys (a page of limit+1 rows:
+// one more tells whether a next page exists). Every filter is served by an
+// index of 0001 and 0002 (see 0002_owners_roles_resources.sql).
+func listQuery(org string, f KeyFilter, limit int, now time.Time) (string, []any, error) {
+	// Every piece of SQL below is a constant; values go in as parameters.
+	q := "SELECT " + keyColumns + " FROM keys WHERE org_id = $1"
+	args := []any{org}
+	switch f.Status {
+	case "", "all":
+	case domain.StatusActive:
+		args = append(args, now)
+		q += " AND status = 'active' AND (expires_at IS NULL OR expires_at > $2)"
+	case domain.StatusRevoked:
+		q += " AND status = 'revoked'"
+	case domain.StatusExpired:
+		args = append(args, now)
+		q += " AND status = 'active' AND expires_at <= $2"
+	}
+	if err := CheckKeyFilter(f); err != nil {
+		return "", nil, err
+	}
+	if f.OwnerID != "" {
+		args = append(args, f.OwnerID)
+		q += " AND owner_type = 'user' AND owner_id = $" + strconv.Itoa(len(args))
+	} else if f.OwnerType != "" {
+		args = append(args, f.OwnerType)
+		q += " AND owner_type = $" + strconv.Itoa(len(args))
+	}
+	if f.Q != "" {
+		// keys_name_trgm serves the substring, keys_org_mask4 the mask.
+		args = append(args, "%"+escapeLike(strings.ToLower(f.Q))+"%")
+		cond := "lower(name) LIKE $" + strconv.Itoa(len(args))
+		if len(f.Q) == 4 {
+			args = append(args, f.Q)
+			cond = "(" + cond + " OR right(mask, 4) = $" + strconv.Itoa(len(args)) + ")"
+		}
+		q += " AND " + cond
+	}
+	if f.Permission != "" {
+		args = append(args, []string{f.Permission})
+		q += " AND effective_permissions @> $" + strconv.Itoa(len(args)) + "::text[]"
+	}
+	if f.ExpiresBefore != nil {
+		args = append(args, *f.ExpiresBefore)
+		q += " AND expires_at < $" + strconv.Itoa(len(args))
+	}
+	if f.Cursor != "" {
+		after, ok := decodeCursor(f.Cursor)
+		if !ok {
+			return "", nil, domain.Errorf(domain.EInvalid, "cursor is not valid")
+		}
+		args = append(args, after)
+		q += " AND key_id < $" + strconv.Itoa(len(args))
+	}
+	args = append(args, limit+1)
+	q += " ORDER BY key_id DESC LIMIT $" + strconv.Itoa(len(args))
+
+	return q, args, nil
 }
