@@ -166,19 +166,19 @@ func TestResourceAllowed(t *testing.T) {
 		resource  string
 		want      bool
 	}{
-		{nil, "project:p9", true},                    // no resources: unrestricted
-		{key, "project:p1", true},                    // listed
-		{key, "project:p3", false},                   // the type is restricted, the id not listed
-		{key, "repo:keyd/api", true},                 // listed, with '/'
-		{key, "repo:keyd/web", false},                // restricted type
-		{key, "bucket:b1", true},                     // a type the key lists nothing for
-		{key, "proj:p1", true},                       // a prefix of a restricted type is another type
-		{key, "project-x:p1", true},                  // so is an extension of it
-		{[]string{"a:b:c"}, "a:b", false},            // id split at the first ':'
-		{[]string{"a:b:c"}, "a:b:c", true},           //
-		{[]string{"a-b:x", "a:y"}, "a:x", false},     // sorting puts "a-b:" before "a:"
-		{[]string{"a-b:x", "a:y"}, "a-b:y", false},   //
-		{[]string{"a-b:x", "a:y"}, "a_b:y", true},    //
+		{nil, "project:p9", true},                  // no resources: unrestricted
+		{key, "project:p1", true},                  // listed
+		{key, "project:p3", false},                 // the type is restricted, the id not listed
+		{key, "repo:keyd/api", true},               // listed, with '/'
+		{key, "repo:keyd/web", false},              // restricted type
+		{key, "bucket:b1", true},                   // a type the key lists nothing for
+		{key, "proj:p1", true},                     // a prefix of a restricted type is another type
+		{key, "project-x:p1", true},                // so is an extension of it
+		{[]string{"a:b:c"}, "a:b", false},          // id split at the first ':'
+		{[]string{"a:b:c"}, "a:b:c", true},         //
+		{[]string{"a-b:x", "a:y"}, "a:x", false},   // sorting puts "a-b:" before "a:"
+		{[]string{"a-b:x", "a:y"}, "a-b:y", false}, //
+		{[]string{"a-b:x", "a:y"}, "a_b:y", true},  //
 		{[]string{"project:p1"}, "project:p10", false},
 	}
 	for _, tt := range tests {

@@ -111,7 +111,7 @@ func TestVerifyResource(t *testing.T) {
 			{scoped.Secret, "project:p1", []string{"posts:write"}, CodeInsufficientPermissions},
 			{scoped.Secret, "repo:keyd/api", []string{"posts:read"}, CodeValid},
 			{scoped.Secret, "bucket:b1", nil, CodeValid}, // a type the key does not restrict
-			{open.Secret, "project:p3", nil, CodeValid},   // no resources: unrestricted
+			{open.Secret, "project:p3", nil, CodeValid},  // no resources: unrestricted
 			{revoked.Secret, "project:p9", nil, CodeRevoked},
 		}
 		for _, tt := range tests {

@@ -147,7 +147,7 @@ func TestOwnersRolesResourcesEndToEnd(t *testing.T) {
 		{url.Values{"q": {"LAPTOP"}}, []string{aliceKey}},
 		{url.Values{"q": {bk["key"].(map[string]any)["mask"].(string)[len("sk_…"):]}}, []string{bobKey}},
 		{url.Values{"permission": {"posts:read"}}, []string{orgKey, aliceKey}}, // through the editor role, and own
-		{url.Values{"permission": {"users:read"}}, nil},                         // viewer retired
+		{url.Values{"permission": {"users:read"}}, nil},                        // viewer retired
 		{url.Values{"expires_before": {time.Now().Add(72 * time.Hour).UTC().Format(time.RFC3339)}}, []string{orgKey}},
 		{url.Values{"owner_type": {"user"}, "status": {"active"}, "q": {"phone"}}, []string{bobKey}},
 	} {
