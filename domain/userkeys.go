@@ -13,13 +13,14 @@ import (
 type KeyDirectory interface {
 	// UserKeyIDs returns the ids of the keys owned by user in org that the
 	// directory does not know as revoked (it may list some that are: the
-	// command decides on each key's own state).
-	UserKeyIDs(ctx context.Context, org, user string) ([]string, error)
+	// command decides on each key's own state), and the stream sequence the
+	// directory reflects.
+	UserKeyIDs(ctx context.Context, org, user string) (ids []string, seq uint64, err error)
 }
 
 // RevokeUserKeysResult is the reply to revoke_user_keys: the keys this call
-// revoked, and the sequence of its last event (or of the stream position it
-// looked at when it revoked nothing).
+// revoked, and the sequence that reflects them all (its last event's, or the
+// one the key directory reflected when there was nothing to revoke).
 type RevokeUserKeysResult struct {
 	Revoked  []string `json:"revoked"`
 	Sequence uint64   `json:"sequence"`
@@ -52,11 +53,12 @@ func (s *Service) RevokeUserKeys(ctx context.Context, org string, cmd RevokeUser
 	if s.Keys == nil {
 		return RevokeUserKeysResult{}, Errorf(EUnavailable, "revoking a user's keys is not available on this server")
 	}
-	ids, err := s.Keys.UserKeyIDs(ctx, org, cmd.UserID)
+	ids, seq, err := s.Keys.UserKeyIDs(ctx, org, cmd.UserID)
 	if err != nil {
 		return RevokeUserKeysResult{}, Classify(err, "the key listing")
 	}
-	res := RevokeUserKeysResult{Revoked: []string{}}
+	// Nothing to revoke: the sequence the directory reflects says so.
+	res := RevokeUserKeysResult{Revoked: []string{}, Sequence: seq}
 	for _, id := range ids {
 		// One command id for all: each key's event id is the command id
 		// and the key id, so a resent command (same Keyd-Command-Id)
@@ -78,7 +80,9 @@ func (s *Service) RevokeUserKeys(ctx context.Context, org string, cmd RevokeUser
 		if out.changes != nil {
 			res.Revoked = append(res.Revoked, id)
 		}
-		res.Sequence = max(res.Sequence, out.seq)
+		if out.changes != nil {
+			res.Sequence = max(res.Sequence, out.seq)
+		}
 	}
 	return res, nil
 }

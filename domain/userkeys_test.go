@@ -12,8 +12,8 @@ import (
 // entries included (a lagging listing).
 type listedKeys map[string][]string
 
-func (l listedKeys) UserKeyIDs(_ context.Context, org, user string) ([]string, error) {
-	return l[org+"/"+user], nil
+func (l listedKeys) UserKeyIDs(_ context.Context, org, user string) ([]string, uint64, error) {
+	return l[org+"/"+user], 1, nil
 }
 
 func TestRevokeUserKeys(t *testing.T) {
@@ -53,7 +53,7 @@ func TestRevokeUserKeys(t *testing.T) {
 	}
 	last := e.lastSeq()
 	again, err := e.svc.RevokeUserKeys(e.ctx, "org_1", domain.RevokeUserKeys{UserID: "u_1"})
-	if err != nil || len(again.Revoked) != 0 || again.Revoked == nil || e.lastSeq() != last {
+	if err != nil || len(again.Revoked) != 0 || again.Revoked == nil || e.lastSeq() != last || again.Sequence < 1 {
 		t.Fatalf("repeat: %+v %v (appended %d)", again, err, e.lastSeq()-last)
 	}
 

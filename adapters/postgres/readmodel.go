@@ -425,23 +425,28 @@ type UserKeys struct {
 	Wait       time.Duration
 }
 
-// UserKeyIDs implements domain.KeyDirectory. Errors: unavailable when the
-// listing does not catch up in time; database and stream failures.
-func (u UserKeys) UserKeyIDs(ctx context.Context, org, user string) ([]string, error) {
+// UserKeyIDs implements domain.KeyDirectory; seq is the sequence the
+// listing had applied (at least the stream's last when called). Errors:
+// unavailable when the listing does not catch up in time; database and
+// stream failures.
+func (u UserKeys) UserKeyIDs(ctx context.Context, org, user string) (ids []string, seq uint64, err error) {
 	if u.StreamLast != nil {
 		last, err := u.StreamLast(ctx)
 		if err != nil {
-			return nil, domain.Wrap(err, domain.EUnavailable, "the event stream is unavailable; retry")
+			return nil, 0, domain.Wrap(err, domain.EUnavailable, "the event stream is unavailable; retry")
 		}
 		wait := u.Wait
 		if wait <= 0 {
 			wait = 5 * time.Second
 		}
-		if _, err := u.Reads.WaitForSequence(ctx, last, wait); err != nil {
-			return nil, err
+		if seq, err = u.Reads.WaitForSequence(ctx, last, wait); err != nil {
+			return nil, 0, err
 		}
+	} else if seq, err = u.Reads.AppliedSequence(ctx); err != nil {
+		return nil, 0, err
 	}
-	return u.Reads.UserKeyIDs(ctx, org, user)
+	ids, err = u.Reads.UserKeyIDs(ctx, org, user)
+	return ids, seq, err
 }
 
 // listQuery is the SQL and arguments of ListKeys (a page of limit+1 rows:

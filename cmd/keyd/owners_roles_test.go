@@ -236,7 +236,7 @@ func TestOwnersRolesResourcesEndToEnd(t *testing.T) {
 		t.Errorf("right after revoke_user_keys: %v, want revoked", got)
 	}
 	again := do("POST", "/v1/orgs/acme/users/alice@example.com/keys/revoke", admin, map[string]any{}, 200)
-	if got, ok := again["revoked"].([]any); !ok || len(got) != 0 {
+	if got, ok := again["revoked"].([]any); !ok || len(got) != 0 || again["sequence"].(float64) < 1 {
 		t.Errorf("revoke_user_keys again: %v", again)
 	}
 	if out := do("POST", "/v1/orgs/acme/users/alice@example.com/keys/revoke", orgTok, map[string]any{}, 403); code(out) != "permission_denied" {
