@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -171,7 +172,15 @@ func newAcceptWorld(f *testing.F) *acceptWorld {
 		f.Fatal(err)
 	}
 	svc.Idempotency = idem
-	log := testenv.Logger(f)
+	// Not testenv.Logger(f): the projector and the verifier log from their
+	// goroutines while the fuzz function runs, and f.Log panics there.
+	logs := &testenv.SyncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	f.Cleanup(func() {
+		if f.Failed() {
+			f.Logf("logs:\n%s", logs.String())
+		}
+	})
 	w := &acceptWorld{
 		ctx: ctx, events: events, org: "fuzzorg",
 		reads:     postgres.NewReadModel(pool, nil),
