@@ -62,6 +62,10 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	}
 	if idem != "" {
 		if res, done, err := s.reserve(ctx, org, idem, keyID, now); done || err != nil {
+			if err == nil && cmd.Scope.User != "" && (res.Key.Owner.Type != OwnerUser || res.Key.Owner.ID != cmd.Scope.User) {
+				// Another member's key is not to be seen, even this way.
+				return CreateKeyResult{}, Errorf(EConflict, "this idempotency_key was already used for another key; use a new one")
+			}
 			return res, err
 		}
 	}

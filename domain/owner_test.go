@@ -225,6 +225,10 @@ func TestScopeOfSessions(t *testing.T) {
 	wantErr(t, err, domain.EForbidden)
 	_, err = e.svc.CreateKey(e.ctx, "org_1", domain.CreateKey{Name: "n", Owner: &domain.Owner{Type: "organization", ID: "org_1"}, Meta: domain.Meta{Scope: user}})
 	wantErr(t, err, domain.EForbidden)
+	// An idempotency key another member used does not reveal their key.
+	e.create("org_1", domain.CreateKey{Owner: &domain.Owner{Type: "user", ID: "u_2"}, IdempotencyKey: "idem-1"})
+	_, err = e.svc.CreateKey(e.ctx, "org_1", domain.CreateKey{Name: "n", IdempotencyKey: "idem-1", Meta: domain.Meta{Scope: user}})
+	wantErr(t, err, domain.EConflict, "idempotency_key")
 
 	// An organization-scope session creates org keys only, changes org keys,
 	// and revokes any key.

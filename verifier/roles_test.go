@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/keyd-dev/keyd/domain"
 )
@@ -125,6 +126,63 @@ func TestVerifyResource(t *testing.T) {
 		}
 		if _, err := v.VerifyResource(context.Background(), scoped.Secret, "no colon"); domain.ErrorCode(err) != domain.EInvalid {
 			t.Errorf("%s: a malformed resource: %v, want invalid_argument", boot, err)
+		}
+	}
+}
+
+// TestVerifyResourceAllocs: verifying a key with roles and resources, on a
+// resource, allocates nothing either, and a role change reaches every key
+// sharing the grant with one store.
+func TestVerifyResourceAllocs(t *testing.T) {
+	dig := domain.NewDigester(testSecret)
+	keys, secrets := genKeys(t, 100, true, dig)
+	for i := range keys {
+		keys[i].Status, keys[i].ExpiresAt, keys[i].Permissions = domain.StatusActive, nil, nil
+		keys[i].Roles = []string{"r1", "r2", "r3"}
+		keys[i].Resources = []string{"project:p1", "project:p2", "project:p3", "repo:a/b", "repo:c/d"}
+	}
+	v := New(Config{Digester: dig, MaxStaleness: time.Hour, OnLastUsed: func(context.Context, []LastUsed) error { return nil }})
+	a := newApplier(v)
+	roles := []domain.Role{
+		{Slug: "r1", Permissions: []string{"posts:read"}, Status: domain.PermissionActive},
+		{Slug: "r2", Permissions: []string{"posts:write"}, Status: domain.PermissionActive},
+		{Slug: "r3", Permissions: []string{"users:read"}, Status: domain.PermissionActive},
+	}
+	a.setRoles(roles)
+	for i := range keys {
+		d := dig.Digest(secrets[i])
+		ent := a.in.entryFromKey(&keys[i], a.grantSlices(keys[i].Permissions, keys[i].Roles, keys[i].Resources))
+		a.put(d, &ent)
+	}
+	a.publishWork()
+	v.contact.touch(v.contact.clock())
+	v.booted.Store(true)
+	ctx := context.Background()
+	for _, c := range []struct {
+		resource string
+		perms    []string
+		code     string
+	}{
+		{"project:p2", []string{"posts:write", "users:read"}, CodeValid},
+		{"project:p9", nil, CodeResourceNotAllowed},
+		{"bucket:b", []string{"admin"}, CodeInsufficientPermissions},
+	} {
+		r, err := v.VerifyResource(ctx, secrets[0], c.resource, c.perms...)
+		if err != nil || r.Code != c.code {
+			t.Fatalf("%s %v: %s %v, want %s", c.resource, c.perms, r.Code, err, c.code)
+		}
+		if n := testing.AllocsPerRun(1000, func() { _, _ = v.VerifyResource(ctx, secrets[0], c.resource, c.perms...) }); n != 0 {
+			t.Errorf("%s: %.1f allocs per VerifyResource, want 0", c.resource, n)
+		}
+	}
+	if n := len(a.holders["r2"]); n != 1 {
+		t.Errorf("role r2 indexes %d grants, want 1 (every key shares one)", n)
+	}
+	roles[1].Status = domain.PermissionRetired
+	a.setRoles(roles)
+	for i := range keys {
+		if r := verify(t, v, secrets[i], "posts:write"); r.Code != CodeInsufficientPermissions || !slices.Equal(r.Key.Roles, []string{"r1", "r3"}) {
+			t.Fatalf("key %d after retiring r2: %s %v", i, r.Code, r.Key.Roles)
 		}
 	}
 }
