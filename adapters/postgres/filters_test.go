@@ -29,7 +29,7 @@ SELECT 'key_' || lpad(to_hex(i), 26, '0'), 'org_' || (i % 4),
        'sk_…' || lpad(to_hex(i % 65536), 4, '0'), ARRAY['posts:read'], 'active', now(),
        CASE WHEN i % 50 = 0 THEN now() + (i % 1000) * interval '1 day' END,
        '{}', 1, i, ARRAY['r' || (i % 50)], '{}',
-       ARRAY['posts:read', 'p' || (i % 500)]
+       ARRAY['posts:read', 'p' || (i % 5000)]
 FROM generate_series(1, 50000) AS i`)
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +48,7 @@ FROM generate_series(1, 50000) AS i`)
 		{"owner_type", KeyFilter{OwnerType: "user"}, []string{"keys_org_owner", "keys_org_key_id", "keys_pkey"}},
 		{"q substring of the name", KeyFilter{Q: "laptop 123"}, []string{"keys_name_trgm"}},
 		{"q, four characters: name or mask", KeyFilter{Q: "00ff"}, []string{"keys_org_mask4"}},
-		{"permission", KeyFilter{Permission: "p42"}, []string{"keys_effective_permissions"}},
+		{"permission", KeyFilter{Permission: "p43"}, []string{"keys_effective_permissions"}},
 		{"expires_before", KeyFilter{ExpiresBefore: &exp}, []string{"keys_org_expires"}},
 	}
 	var out strings.Builder
