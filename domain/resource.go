@@ -80,19 +80,19 @@ func ResourceAllowed(resources []string, resource string) bool {
 	if len(resources) == 0 {
 		return true
 	}
+	// Listed: the common case of an allowed request, one search.
+	pos, found := slices.BinarySearch(resources, resource)
+	if found {
+		return true
+	}
 	i := strings.IndexByte(resource, ':')
 	if i < 0 {
 		return false
 	}
 	prefix := resource[:i+1] // "<type>:"
-	pos, found := slices.BinarySearch(resources, prefix)
-	if found {
-		return false // impossible: ids are not empty
-	}
-	// Entries starting with prefix are contiguous and the first is at pos.
-	if pos == len(resources) || !strings.HasPrefix(resources[pos], prefix) {
-		return true // the key does not restrict this type
-	}
-	_, ok := slices.BinarySearch(resources[pos:], resource)
-	return ok
+	// Not listed: allowed unless the key lists some id of the type. The
+	// entries starting with prefix are contiguous, all at or after prefix
+	// and before resource; the first of them is where prefix would go.
+	first, _ := slices.BinarySearch(resources[:pos], prefix)
+	return first == pos && (pos == len(resources) || !strings.HasPrefix(resources[pos], prefix))
 }

@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -184,5 +185,51 @@ func TestVerifyResourceAllocs(t *testing.T) {
 		if r := verify(t, v, secrets[i], "posts:write"); r.Code != CodeInsufficientPermissions || !slices.Equal(r.Key.Roles, []string{"r1", "r3"}) {
 			t.Fatalf("key %d after retiring r2: %s %v", i, r.Code, r.Key.Roles)
 		}
+	}
+}
+
+// BenchmarkVerifyGrants compares, in one verifier, Verify of plain keys with
+// Verify (and VerifyResource) of keys holding 3 roles and 5 resources.
+func BenchmarkVerifyGrants(b *testing.B) {
+	dig := domain.NewDigester(testSecret)
+	const n = 200_000
+	keys, secrets := genKeys(b, n, true, dig)
+	v := New(Config{Digester: dig, MaxStaleness: time.Hour, OnLastUsed: func(context.Context, []LastUsed) error { return nil }})
+	a := newApplier(v)
+	var roles []domain.Role
+	for i := range 30 {
+		roles = append(roles, domain.Role{Slug: fmt.Sprintf("role-%02d", i), Permissions: []string{"posts:read", fmt.Sprintf("p%d", i)}, Status: domain.PermissionActive})
+	}
+	a.setRoles(roles)
+	for i := range keys {
+		keys[i].Status, keys[i].ExpiresAt = domain.StatusActive, nil
+		if i%2 == 1 {
+			keys[i].Roles = []string{roles[i%30].Slug, roles[(i+1)%30].Slug, roles[(i+2)%30].Slug}
+			keys[i].Resources = []string{"project:p1", "project:p2", "project:p3", "repo:keyd/api", "repo:keyd/web"}
+		}
+		ent := a.in.entryFromKey(&keys[i], a.grantSlices(keys[i].Permissions, keys[i].Roles, keys[i].Resources))
+		a.put(dig.Digest(secrets[i]), &ent)
+	}
+	a.publishWork()
+	v.contact.touch(v.contact.clock())
+	v.booted.Store(true)
+	ctx := context.Background()
+	run := func(name string, odd int, resource string) {
+		b.Run(name, func(b *testing.B) {
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					i = (i + 7919) % (n / 2)
+					if _, err := v.VerifyResource(ctx, secrets[2*i+odd], resource); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+	for range 3 {
+		run("plain", 0, "")
+		run("roles", 1, "")
+		run("roles+resource", 1, "project:p3")
 	}
 }
