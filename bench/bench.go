@@ -8,10 +8,12 @@
 //
 //	verify_inprocess        ns per Verifier.Verify on random keys; floor: keyed digest plus one Go map lookup
 //	verify_http             POST /v1/keys/verify requests/s; floor: a fixed reply on the same HTTP stack; also a Postgres lookup per request
+//	verify_latency          p50/p99/p99.9 of POST /v1/keys/verify at 25/50/90% of the fixed reply's saturation rate (open loop); floor: the fixed reply at the same rates
 //	revocation_propagation  revoke command sent → 8 verifiers (one in a keyd serve process) reject the key; floor: a JetStream publish reaching 8 ordered consumers
 //	command_throughput      key creations/s over NATS from 32 clients; floor: raw JetStream publishes with the same expected-sequence header
 //	projection_catchup      events/s projected into empty read models; floor: the same final rows upserted straight into Postgres
 //	verifier_boot           seconds (and heap bytes per key) to boot a verifier from the Postgres snapshot; floor: reading the same rows into nothing
+//	verify_scale            boot time, heap bytes per key and Verify ns at 10,000 to 10,000,000 keys; floors: the raw read, digest + map lookup
 //
 // Everything runs against real servers: an embedded NATS JetStream server
 // per scenario (storing in a temporary directory) and a fresh Postgres
@@ -71,7 +73,22 @@ type Options struct {
 	CatchUpEvents int
 	// BootRuns is how often verifier_boot boots (and reads), best taken.
 	BootRuns int
+	// LatencySaturation is how long verify_latency loads the fixed reply
+	// to find its saturation rate; LatencyDuration how long it sends at
+	// each rate, per target.
+	LatencySaturation time.Duration
+	LatencyDuration   time.Duration
+	// ScaleSizes are the key counts of verify_scale, ascending;
+	// ScaleVerifyDuration is how long it times Verify (and the floor) at
+	// each.
+	ScaleSizes          []int
+	ScaleVerifyDuration time.Duration
 }
+
+// ScaleMax is the largest size of verify_scale, added by keyd bench
+// --scale-max (10,000,000 keys take minutes to write into Postgres and
+// about 4 GiB of memory).
+const ScaleMax = 10_000_000
 
 // FullOptions is the full run (several minutes on 2 cores).
 func FullOptions() Options {
@@ -88,6 +105,11 @@ func FullOptions() Options {
 		CommandDuration:  10 * time.Second,
 		CatchUpEvents:    100_000,
 		BootRuns:         3,
+
+		LatencySaturation:   3 * time.Second,
+		LatencyDuration:     6 * time.Second,
+		ScaleSizes:          []int{10_000, 1_000_000},
+		ScaleVerifyDuration: 3 * time.Second,
 	}
 }
 
@@ -108,6 +130,11 @@ func QuickOptions() Options {
 		CommandDuration:  2 * time.Second,
 		CatchUpEvents:    10_000,
 		BootRuns:         2,
+
+		LatencySaturation:   500 * time.Millisecond,
+		LatencyDuration:     time.Second,
+		ScaleSizes:          []int{10_000, 100_000},
+		ScaleVerifyDuration: 600 * time.Millisecond,
 	}
 }
 
@@ -191,17 +218,19 @@ var scenarios = []scenario{
 	{"verify_inprocess", "ns per in-process Verify, random keys", runVerifyInProcess},
 	{"verify_inprocess_roles", "ns per in-process Verify, keys with 3 roles and 5 resources", runVerifyRoles},
 	{"verify_http", "POST /v1/keys/verify requests/s", runVerifyHTTP},
+	{"verify_latency", "POST /v1/keys/verify latency at fixed rates (open loop)", runVerifyLatency},
 	{"revocation_propagation", "revoke sent → every verifier rejects the key", runRevocation},
 	{"role_propagation", "role redefined → every verifier gives the new verdict", runRolePropagation},
 	{"command_throughput", "key creations/s over NATS", runCommandThroughput},
 	{"projection_catchup", "events/s projected into empty read models", runCatchUp},
 	{"verifier_boot", "seconds to boot a verifier from the Postgres snapshot", runVerifierBoot},
+	{"verify_scale", "boot, bytes per key and Verify ns at growing key counts", runVerifyScale},
 }
 
 // runOrder runs the scenarios that share the verification snapshot one
 // after the other, so it is loaded once.
-var runOrder = []string{"verify_inprocess", "verify_inprocess_roles", "verify_http", "verifier_boot",
-	"revocation_propagation", "role_propagation", "command_throughput", "projection_catchup"}
+var runOrder = []string{"verify_inprocess", "verify_inprocess_roles", "verify_http", "verify_latency", "verifier_boot",
+	"revocation_propagation", "role_propagation", "command_throughput", "projection_catchup", "verify_scale"}
 
 // Names returns the scenario names, in report order.
 func Names() []string {
@@ -397,6 +426,23 @@ func detail(r Result) string {
 	case "projection_catchup":
 		return fmt.Sprintf("%v events (%v keys created, then revoked): projector %v s, raw upserts %v s",
 			p["events"], p["keys"], p["seconds"], p["floor_seconds"])
+	case "verify_latency":
+		out := fmt.Sprintf("fixed reply saturates at %v req/s;", human(num(p["saturation_rps"])))
+		for _, load := range latencyLoads {
+			pct := fmt.Sprintf("%.0f", 100*load)
+			out += fmt.Sprintf(" at %s%% (%v req/s) keyd p50/p99/p99.9 %v/%v/%v ms, fixed %v/%v/%v ms;", pct, human(num(p["rate_"+pct+"_rps"])),
+				p["keyd_"+pct+"_p50_ms"], p["keyd_"+pct+"_p99_ms"], p["keyd_"+pct+"_p999_ms"], p["fixed_"+pct+"_p50_ms"], p["fixed_"+pct+"_p99_ms"], p["fixed_"+pct+"_p999_ms"])
+		}
+		return strings.TrimSuffix(out, ";")
+	case "verify_scale":
+		out := ""
+		sizes, _ := p["sizes"].([]int)
+		for _, n := range sizes {
+			k := fmt.Sprintf("%d_", n)
+			out += fmt.Sprintf("%s keys: boot %v s (raw %v s, %vx), %v bytes/key, Verify %v ns (floor %v ns, %vx); ", thousands(int64(n)),
+				p[k+"boot_s"], p[k+"raw_read_s"], p[k+"boot_ratio"], p[k+"bytes_per_key"], p[k+"verify_ns"], p[k+"floor_ns"], p[k+"verify_ratio"])
+		}
+		return strings.TrimSuffix(out, "; ")
 	case "verifier_boot":
 		return fmt.Sprintf("%v keys: %v heap bytes per key (goal < 300), %v keys/s; raw read %v s",
 			p["keys"], p["bytes_per_key"], human(num(p["keys_per_sec"])), p["floor_seconds"])

@@ -29,7 +29,8 @@ func runCatchUp(ctx context.Context, r *runner) (Result, error) {
 	}
 	defer w.close()
 	r.phase("publishing %s events", thousands(int64(2*nKeys)))
-	recs, err := publishHistory(ctx, w, nKeys, func(d int) { r.tick("published %d of %d events", d, 2*nKeys) })
+	signer := domain.NewEventSigner([]byte(r.secret))
+	recs, err := publishHistory(ctx, w, signer, nKeys, func(d int) { r.tick("published %d of %d events", d, 2*nKeys) })
 	if err != nil {
 		return Result{}, err
 	}
@@ -40,6 +41,7 @@ func runCatchUp(ctx context.Context, r *runner) (Result, error) {
 
 	r.phase("projector catching up %s events", thousands(int64(len(recs))))
 	p := projections.NewProjector(r.db.pool, w.js, r.log)
+	p.EventKey = signer.PublicKey()
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	start := time.Now()
@@ -126,8 +128,8 @@ func (r *runner) checkProjected(ctx context.Context, events, keys int) error {
 
 // publishHistory appends nKeys key.created events, then a key.revoked event
 // for each key, to KEYD_EVENTS (asynchronously, 4096 in flight), as the
-// domain would write them, and returns them as records.
-func publishHistory(ctx context.Context, w *world, nKeys int, tick func(int)) ([]domain.Record, error) {
+// domain would write them (signed by signer), and returns them as records.
+func publishHistory(ctx context.Context, w *world, signer *domain.EventSigner, nKeys int, tick func(int)) ([]domain.Record, error) {
 	js, err := jetstream.New(w.nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		return nil, err
@@ -153,6 +155,7 @@ func publishHistory(ctx context.Context, w *world, nKeys int, tick func(int)) ([
 		m := &nats.Msg{Subject: domain.KeySubject(k.OrgID, k.ID), Data: b, Header: nats.Header{}}
 		m.Header.Set(eventstore.HeaderEventType, typ)
 		m.Header.Set(jetstream.MsgIDHeader, id)
+		m.Header.Set(domain.SignatureHeader, signer.Sign(m.Subject, b))
 		f, err := js.PublishMsgAsync(m)
 		if err != nil {
 			return err

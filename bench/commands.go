@@ -134,7 +134,7 @@ func runCommandThroughput(ctx context.Context, r *runner) (Result, error) {
 			"floor_p50_ms":  ms(raw.lat.pct(0.50)),
 			"floor_p99_ms":  ms(raw.lat.pct(0.99)),
 			"event_bytes":   len(event),
-			"keyd_includes": "request/reply, decoding, catalog read, secret and digest, append, reply; the same process also projects into Postgres and applies to its verifier",
+			"keyd_includes": "request/reply, decoding, grants checked against the in-memory catalog, secret and digest, signed append, the wait for the local verifier to accept the key (read-your-create), reply; the same process also projects into Postgres and applies to its verifier, each checking every event's signature",
 		},
 	}
 	res.Met = creates.rps >= 0.5*raw.rps

@@ -77,46 +77,12 @@ func runVerifyHTTP(ctx context.Context, r *runner) (Result, error) {
 	}
 	defer pool.Close()
 
-	// The fixed reply is a real verify reply, so both write as much.
-	sample, err := v.Verify(ctx, ks.secrets[0])
-	if err != nil {
-		return Result{}, err
-	}
-	fixed, err := json.Marshal(sample)
-	if err != nil {
-		return Result{}, err
-	}
-	fixed = append(fixed, '\n')
 	pg := &postgresVerify{pool: pool, dig: r.dig, token: r.adminToken}
-	api := &httpapi.Server{
-		Verifier: v, AdminToken: r.adminToken, Metrics: metrics.New(), Log: r.log,
-		Extra: func(mux *http.ServeMux) {
-			mux.HandleFunc("POST "+fixedPath, func(w http.ResponseWriter, _ *http.Request) {
-				writeReply(w, fixed)
-			})
-			mux.Handle("POST "+postgresPath, pg)
-		},
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	base, stop, err := r.serveVerify(ctx, v, ks, func(mux *http.ServeMux) { mux.Handle("POST "+postgresPath, pg) })
 	if err != nil {
 		return Result{}, err
 	}
-	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	served := make(chan error, 1)
-	go func() { served <- api.Serve(sctx, ln) }()
-	defer func() { stop(); <-served }()
-	base := "http://" + ln.Addr().String()
-
-	checkVerify := func(body []byte) error {
-		var res verifier.Result
-		if err := json.Unmarshal(body, &res); err != nil {
-			return fmt.Errorf("reply %q: %w", body, err)
-		}
-		if res.Code != verifier.CodeValid && res.Code != verifier.CodeRevoked {
-			return fmt.Errorf("reply %q: code %s", body, res.Code)
-		}
-		return nil
-	}
+	defer stop()
 	// Last uses left over from a round are written (or dropped) before the
 	// next target's round, so that their cost stays with the round that
 	// made them (within a round keyd writes them every 2s, as always).
@@ -145,12 +111,9 @@ func runVerifyHTTP(ctx context.Context, r *runner) (Result, error) {
 	loads := make([]loadResult, len(targets))
 	clients := make([]*http.Client, len(targets))
 	for i := range targets {
-		tr := &http.Transport{
-			MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns,
-			DisableCompression: true, IdleConnTimeout: time.Minute,
-		}
-		defer tr.CloseIdleConnections()
-		clients[i] = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+		var closeIdle func()
+		clients[i], closeIdle = newHTTPClient(conns)
+		defer closeIdle()
 	}
 	for round := range rounds {
 		for i, t := range targets {
@@ -202,13 +165,71 @@ func runVerifyHTTP(ctx context.Context, r *runner) (Result, error) {
 			"postgres_p99_ms":    ms(diy.lat.pct(0.99)),
 			"postgres_ratio":     round(keyd.rps/diy.rps, 2),
 			"postgres_pool":      conns,
-			"last_use":           "written to keys.last_used_at in batches every 2s as keyd does; random keys make nearly every verification a key's first use within the second (the worst case); no_last_use_* is the same route with the batches dropped; leftovers flushed after each round, untimed",
+			"last_use":           "written to keys.last_used_at in batches every 2s as keyd does, each key at most once per resolution (default 1 minute); random keys over this many keys make nearly every verification in the run a key's first use in its window (the worst case); no_last_use_* is the same route with the batches dropped; leftovers flushed after each round, untimed",
 			"leftover_flush_s":   round(flushTook.Seconds(), 3),
 			"client":             "in-process net/http, MaxIdleConnsPerHost = conns, random keys, one request per connection at a time",
 		},
 	}
 	res.Met = keyd.rps >= 0.8*trivial.rps && keyd.rps >= 2*diy.rps
 	return res, nil
+}
+
+// serveVerify serves keyd's HTTP API (httpapi.Server, verifying with v) on
+// a loopback port, with the route fixedPath that writes a fixed verify reply
+// (a real one, of ks' first key, so both write as much) and the routes of
+// extra; it returns the base URL and the function that stops the server.
+func (r *runner) serveVerify(ctx context.Context, v *verifier.Verifier, ks *keySet, extra func(*http.ServeMux)) (string, func(), error) {
+	sample, err := v.Verify(ctx, ks.secrets[0])
+	if err != nil {
+		return "", nil, err
+	}
+	fixed, err := json.Marshal(sample)
+	if err != nil {
+		return "", nil, err
+	}
+	fixed = append(fixed, '\n')
+	api := &httpapi.Server{
+		Verifier: v, AdminToken: r.adminToken, Metrics: metrics.New(), Log: r.log,
+		Extra: func(mux *http.ServeMux) {
+			mux.HandleFunc("POST "+fixedPath, func(w http.ResponseWriter, _ *http.Request) {
+				writeReply(w, fixed)
+			})
+			if extra != nil {
+				extra(mux)
+			}
+		},
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	sctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	served := make(chan error, 1)
+	go func() { served <- api.Serve(sctx, ln) }()
+	return "http://" + ln.Addr().String(), func() { stop(); <-served }, nil
+}
+
+// checkVerify checks a verify reply of a key of the benchmark's key set:
+// valid or revoked.
+func checkVerify(body []byte) error {
+	var res verifier.Result
+	if err := json.Unmarshal(body, &res); err != nil {
+		return fmt.Errorf("reply %q: %w", body, err)
+	}
+	if res.Code != verifier.CodeValid && res.Code != verifier.CodeRevoked {
+		return fmt.Errorf("reply %q: code %s", body, res.Code)
+	}
+	return nil
+}
+
+// newHTTPClient returns a client of conns keep-alive connections, and the
+// function that closes them.
+func newHTTPClient(conns int) (*http.Client, func()) {
+	tr := &http.Transport{
+		MaxIdleConns: conns, MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns,
+		DisableCompression: true, IdleConnTimeout: time.Minute,
+	}
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}, tr.CloseIdleConnections
 }
 
 // writeReply writes a JSON reply the way the API does.
@@ -304,36 +325,54 @@ func (p *postgresVerify) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // 256th is checked with check.
 func (r *runner) httpLoad(ctx context.Context, client *http.Client, url, label string, secrets []string, check func([]byte) error, warm, d time.Duration) (loadResult, error) {
 	conns := r.opts.HTTPConns
-	auth := "Bearer " + r.adminToken
 	worker := func(c int) func(i int) error {
 		rng := mrand.New(mrand.NewPCG(uint64(c)+1, uint64(time.Now().UnixNano())))
-		var body, reply bytes.Buffer
+		p := r.newPoster(ctx, client, url)
 		return func(i int) error {
-			body.Reset()
-			body.WriteString(`{"key":"`)
-			body.WriteString(secrets[rng.IntN(len(secrets))])
-			body.WriteString(`"}`)
-			req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body.Bytes()))
-			if err != nil {
-				return err
-			}
-			req.Header.Set("Authorization", auth)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := client.Do(req)
-			if err != nil {
-				return err
-			}
-			reply.Reset()
-			_, err = reply.ReadFrom(resp.Body)
-			resp.Body.Close()
-			if err == nil && resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(reply.Bytes()))
-			}
+			reply, err := p.post(secrets[rng.IntN(len(secrets))])
 			if err == nil && i%256 == 0 {
-				err = check(reply.Bytes())
+				err = check(reply)
 			}
 			return err
 		}
 	}
 	return r.closedLoop(ctx, label, "req/s", conns, warm, d, worker)
+}
+
+// poster posts verify requests, one at a time, reusing its buffers.
+type poster struct {
+	ctx         context.Context
+	client      *http.Client
+	url, auth   string
+	body, reply bytes.Buffer
+}
+
+func (r *runner) newPoster(ctx context.Context, client *http.Client, url string) *poster {
+	return &poster{ctx: ctx, client: client, url: url, auth: "Bearer " + r.adminToken}
+}
+
+// post posts {"key": secret} and returns the reply body (valid until the
+// next post), or an error for a failure or a status other than 200.
+func (p *poster) post(secret string) ([]byte, error) {
+	p.body.Reset()
+	p.body.WriteString(`{"key":"`)
+	p.body.WriteString(secret)
+	p.body.WriteString(`"}`)
+	req, err := http.NewRequestWithContext(p.ctx, http.MethodPost, p.url, bytes.NewReader(p.body.Bytes()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", p.auth)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	p.reply.Reset()
+	_, err = p.reply.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %d: %s", resp.StatusCode, bytes.TrimSpace(p.reply.Bytes()))
+	}
+	return p.reply.Bytes(), err
 }

@@ -223,7 +223,7 @@ func runRolePropagation(ctx context.Context, r *runner) (Result, error) {
 	var local []*verifier.Verifier
 	for i := range nVerifiers - 1 {
 		r.phase("starting embedded verifier %d of %d", i+1, nVerifiers-1)
-		v, err := verifier.Connect(ctx, w.url, r.db.url, []byte(r.secret), verifier.WithLogger(r.log),
+		v, err := verifier.Connect(ctx, w.url, r.db.url, domain.NewVerifierCredential([]byte(r.secret)).String(), verifier.WithLogger(r.log),
 			verifier.WithNATSOptions(nats.Name(fmt.Sprintf("keyd bench verifier %d", i+1))))
 		if err != nil {
 			return Result{}, err

@@ -49,7 +49,7 @@ type runner struct {
 func (r *runner) init() {
 	if r.secret == "" {
 		r.secret = randomHex(32)
-		r.adminToken = "kat_" + randomHex(16)
+		r.adminToken = "kat_" + randomHex(32)
 		r.dig = domain.NewDigester([]byte(r.secret))
 	}
 }
@@ -274,8 +274,20 @@ func (r *runner) loadKeys(ctx context.Context) (*keySet, error) {
 		r.phase("generating %s secrets", thousands(int64(n)))
 		r.keys = genKeys(n, r.dig)
 	}
-	if err := r.resetDB(ctx); err != nil {
+	if err := r.copyKeys(ctx, r.keys, true); err != nil {
 		return nil, err
+	}
+	r.keysLoaded = true
+	return r.keys, nil
+}
+
+// copyKeys empties the read models, then writes ks' keys into
+// verification_keys (the verifier's snapshot) with COPY, and, if listing,
+// into keys (the listing, where last uses are written), under checkpoint 0.
+func (r *runner) copyKeys(ctx context.Context, ks *keySet, listing bool) error {
+	n := len(ks.secrets)
+	if err := r.resetDB(ctx); err != nil {
+		return err
 	}
 	r.phase("COPY of %s keys into the read models", thousands(int64(n)))
 	base := time.Now().UTC().Truncate(time.Millisecond).Add(-time.Duration(n) * time.Millisecond)
@@ -285,7 +297,7 @@ func (r *runner) loadKeys(ctx context.Context) (*keySet, error) {
 	for i := range ids {
 		id, err := domain.NewULID(base.Add(time.Duration(i)*time.Millisecond), rng)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		ids[i] = domain.KeyIDPrefix + id
 	}
@@ -332,37 +344,36 @@ func (r *runner) loadKeys(ctx context.Context) (*keySet, error) {
 		[]string{"digest", "key_id", "org_id", "owner_type", "owner_id", "name", "permissions", "expires_at", "status", "metadata", "last_seq"},
 		func(i int) []any {
 			o := org(i)
-			return []any{r.keys.digests[i][:], ids[i], o, "organization", o, fmt.Sprintf("key %d", i),
+			return []any{ks.digests[i][:], ids[i], o, "organization", o, fmt.Sprintf("key %d", i),
 				permSets[i%len(permSets)], exp(i), status(i), meta(i), int64(0)}
 		})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	err = copyRows("keys",
-		[]string{"key_id", "org_id", "name", "owner_type", "owner_id", "mask", "permissions", "status",
-			"created_at", "expires_at", "revoked_at", "metadata", "version", "last_seq"},
-		func(i int) []any {
-			o := org(i)
-			created := base.Add(time.Duration(i) * time.Millisecond)
-			var revoked *time.Time
-			if keyRevoked(i) {
-				revoked = &created
-			}
-			return []any{ids[i], o, fmt.Sprintf("key %d", i), "organization", o, domain.Mask(r.keys.secrets[i]),
-				permSets[i%len(permSets)], status(i), created, exp(i), revoked, meta(i), int64(1), int64(0)}
-		})
+	if listing {
+		err = copyRows("keys",
+			[]string{"key_id", "org_id", "name", "owner_type", "owner_id", "mask", "permissions", "status",
+				"created_at", "expires_at", "revoked_at", "metadata", "version", "last_seq"},
+			func(i int) []any {
+				o := org(i)
+				created := base.Add(time.Duration(i) * time.Millisecond)
+				var revoked *time.Time
+				if keyRevoked(i) {
+					revoked = &created
+				}
+				return []any{ids[i], o, fmt.Sprintf("key %d", i), "organization", o, domain.Mask(ks.secrets[i]),
+					permSets[i%len(permSets)], status(i), created, exp(i), revoked, meta(i), int64(1), int64(0)}
+			})
+	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := r.db.pool.Exec(ctx, `INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, 0)`, migrations.ReadModelsProjection); err != nil {
-		return nil, err
+		return err
 	}
 	r.phase("VACUUM ANALYZE")
-	if _, err := r.db.pool.Exec(ctx, `VACUUM ANALYZE verification_keys, keys`); err != nil {
-		return nil, err
-	}
-	r.keysLoaded = true
-	return r.keys, nil
+	_, err = r.db.pool.Exec(ctx, `VACUUM ANALYZE verification_keys, keys`)
+	return err
 }
 
 // genKeys draws n secrets (on every CPU) and digests them.
@@ -398,6 +409,7 @@ func discardLastUsed(context.Context, []verifier.LastUsed) error { return nil }
 func (r *runner) bootVerifier(ctx context.Context, w *world, onLastUsed func(context.Context, []verifier.LastUsed) error) (*verifier.Verifier, time.Duration, error) {
 	v := verifier.New(verifier.Config{
 		Pool: r.db.pool, JS: w.js, Conn: w.nc, Digester: r.dig,
+		EventKey:     domain.NewVerifierCredential([]byte(r.secret)).EventKey(),
 		MaxStaleness: verifier.DefaultMaxStaleness, Log: r.log, OnLastUsed: onLastUsed,
 	})
 	start := time.Now()

@@ -6,15 +6,19 @@ import (
 	"time"
 )
 
-// staleReservation is how old an idempotency reservation whose key never
-// appeared must be before another create may take it over (the first create
-// crashed between reserving and appending).
-const staleReservation = 30 * time.Second
-
 // CreateKey creates a key and returns it with its secret, which exists
 // nowhere else. With an idempotency key already used by this organization in
 // the last 24 hours it returns the first key, without a secret, and appends
 // nothing.
+//
+// An idempotency key (or a client-given command id, which counts as one)
+// costs one reservation in the idempotency store; a create without either
+// makes no such round trip. A resend that finds the reservation of a create
+// whose key never appeared (its process crashed, or it is still under way)
+// does not wait for it: it creates the key itself, under the key id the
+// reservation names (takeOver), so the first create and the resend race for
+// that one key subject and the stream's guard (the subject must be empty)
+// lets exactly one of them land; the other answers with that key.
 func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (CreateKeyResult, error) {
 	now := s.now()
 	if err := CheckOrgID(org); err != nil {
@@ -60,57 +64,90 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	if idem == "" && c.byClient {
 		idem = "keyd-command-id:" + c.id
 	}
+	var r reservation
 	if idem != "" {
-		if res, done, err := s.reserve(ctx, org, idem, keyID, now); done || err != nil {
-			if err == nil && cmd.Scope.User != "" && (res.Key.Owner.Type != OwnerUser || res.Key.Owner.ID != cmd.Scope.User) {
-				// Another member's key is not to be seen, even this way.
-				return CreateKeyResult{}, Errorf(EConflict, "this idempotency_key was already used for another key; use a new one")
+		var res CreateKeyResult
+		var done bool
+		if r, res, done, err = s.reserve(ctx, org, idem, keyID, now); done || err != nil {
+			if err == nil {
+				err = hiddenFromScope(cmd.Scope, res)
+			}
+			if err != nil {
+				return CreateKeyResult{}, err
 			}
 			return res, err
 		}
+		keyID = r.rec.KeyID
 	}
 	// The rules that depend on time and on the catalog come after the
 	// idempotency lookup: a repeated create gets the first key even when its
 	// expires_at has passed or a permission was retired since.
-	res, attempted, err := s.createChecked(ctx, org, keyID, c, cmd, perms, now)
-	if err != nil && idem != "" && !(attempted && maybeAppended(err)) {
-		_ = s.Idempotency.Release(context.WithoutCancel(ctx), org, idem, keyID)
+	res, attempted, err := s.createChecked(ctx, org, keyID, c, cmd, perms, r, now)
+	if err == nil {
+		// Another attempt of the same idempotency key may have landed first.
+		if err = hiddenFromScope(cmd.Scope, res); err != nil {
+			return CreateKeyResult{}, err
+		}
+	}
+	if err != nil && idem != "" && !r.takeOver && !(attempted && maybeAppended(err)) {
+		// Nothing was stored: the idempotency key is free again, unless a
+		// resend has taken the reservation over meanwhile (Release is by
+		// revision).
+		_ = s.Idempotency.Release(context.WithoutCancel(ctx), org, idem, r.rec)
 	}
 	return res, err
 }
 
+// reservation is a create's hold on its idempotency key.
+type reservation struct {
+	idem string            // the idempotency key ("": none)
+	rec  IdempotencyRecord // as this create reserved or took it over
+	// takeOver: the record was another create's, whose key had not
+	// appeared; this create makes that key (same id) in its place.
+	takeOver bool
+}
+
+// reserveRounds bounds reserve's attempts against concurrent takers.
+const reserveRounds = 3
+
 // reserve takes the idempotency key idem of org for keyID. When an earlier
-// create holds it, done is true and res is that create's key (without a
-// secret), or err says why there is none yet.
-func (s *Service) reserve(ctx context.Context, org, idem, keyID string, now time.Time) (res CreateKeyResult, done bool, err error) {
+// create holds it and its key exists, done is true and res is that key
+// (without a secret). When its key does not exist (yet), the earlier create
+// crashed, or is still under way: reserve takes the record over (a
+// compare-and-swap on its revision, so that the earlier create's Release
+// can no longer delete it) and returns it with takeOver set; the caller then
+// creates the record's key id itself, and the key subject's guard decides
+// which of the two lands.
+func (s *Service) reserve(ctx context.Context, org, idem, keyID string, now time.Time) (r reservation, res CreateKeyResult, done bool, err error) {
 	if s.Idempotency == nil {
-		return CreateKeyResult{}, true, Errorf(EUnavailable, "idempotency keys are not available on this server")
+		return r, CreateKeyResult{}, true, Errorf(EUnavailable, "idempotency keys are not available on this server")
 	}
-	rec, reserved, err := s.Idempotency.Reserve(ctx, org, idem, keyID, now)
-	if err != nil {
-		return CreateKeyResult{}, true, storeError(err)
+	for range reserveRounds {
+		rec, reserved, err := s.Idempotency.Reserve(ctx, org, idem, keyID, now)
+		if err != nil {
+			return r, CreateKeyResult{}, true, storeError(err)
+		}
+		if reserved {
+			return reservation{idem: idem, rec: rec}, CreateKeyResult{}, false, nil
+		}
+		first, found, err := load(ctx, s.Store, keyAggregate(org, rec.KeyID))
+		if err != nil {
+			return r, CreateKeyResult{}, true, err
+		}
+		if found {
+			return r, CreateKeyResult{Key: first.state.View(now, nil), Sequence: first.seq}, true, nil
+		}
+		replaced, err := s.Idempotency.Replace(ctx, org, idem, rec, rec.KeyID, now)
+		if err != nil {
+			return r, CreateKeyResult{}, true, storeError(err)
+		}
+		if replaced {
+			return reservation{idem: idem, rec: rec, takeOver: true}, CreateKeyResult{}, false, nil
+		}
+		// Changed meanwhile (released, or taken over by another resend):
+		// look again.
 	}
-	if reserved {
-		return CreateKeyResult{}, false, nil
-	}
-	first, found, err := load(ctx, s.Store, keyAggregate(org, rec.KeyID))
-	if err != nil {
-		return CreateKeyResult{}, true, err
-	}
-	if found {
-		return CreateKeyResult{Key: first.state.View(now, nil), Sequence: first.seq}, true, nil
-	}
-	if now.Sub(rec.At) < staleReservation {
-		return CreateKeyResult{}, true, Errorf(EConflict, "a create with this idempotency_key is still in progress; retry in a moment")
-	}
-	replaced, err := s.Idempotency.Replace(ctx, org, idem, rec, keyID, now)
-	if err != nil {
-		return CreateKeyResult{}, true, storeError(err)
-	}
-	if !replaced {
-		return CreateKeyResult{}, true, Errorf(EConflict, "a create with this idempotency_key is in progress; retry in a moment")
-	}
-	return CreateKeyResult{}, false, nil
+	return r, CreateKeyResult{}, true, Errorf(EConflict, "a create with this idempotency_key is in progress; retry in a moment")
 }
 
 // maybeAppended reports whether a failed create may still have stored its
@@ -125,9 +162,10 @@ func maybeAppended(err error) bool {
 	return false
 }
 
-// createChecked checks expires_at and the catalog, then appends the key;
-// attempted tells whether the append was tried.
-func (s *Service) createChecked(ctx context.Context, org, keyID string, c command, cmd CreateKey, perms []string, now time.Time) (_ CreateKeyResult, attempted bool, _ error) {
+// createChecked checks expires_at and the catalog, then appends the key
+// under the reservation r (none: r.idem empty); attempted tells whether the
+// append was tried.
+func (s *Service) createChecked(ctx context.Context, org, keyID string, c command, cmd CreateKey, perms []string, r reservation, now time.Time) (_ CreateKeyResult, attempted bool, _ error) {
 	var expires *time.Time
 	if cmd.ExpiresAt != nil {
 		t := cmd.ExpiresAt.UTC().Truncate(time.Millisecond)
@@ -136,7 +174,7 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 		}
 		expires = &t
 	}
-	catalog, _, err := s.Catalog(ctx)
+	catalog, err := s.catalogFor(ctx, perms)
 	if err != nil {
 		return CreateKeyResult{}, false, err
 	}
@@ -158,36 +196,53 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 	}
 	k := newKey(org, s.credential(keyID, secret), cmd.Name, perms, cmd.Metadata, expires, now)
 	k.Owner, k.Roles, k.Resources = *cmd.Owner, cmd.Roles, cmd.Resources
-	res, err := s.appendNewKey(ctx, c, KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}, now)
+	res, mine, err := s.appendNewKey(ctx, c, KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}, r, now)
 	if err != nil {
 		return CreateKeyResult{}, true, err
 	}
-	res.Secret = secret
+	if mine {
+		res.Secret = secret
+	}
 	return res, true, nil
 }
 
 // appendNewKey appends the key.created event d on the new key's (empty)
-// subject.
-func (s *Service) appendNewKey(ctx context.Context, c command, d KeyCreatedData, now time.Time) (CreateKeyResult, error) {
+// subject. mine is false when the subject already held the create of the
+// same idempotency key (r) by another attempt: res is then that key, whose
+// secret this attempt does not know.
+func (s *Service) appendNewKey(ctx context.Context, c command, d KeyCreatedData, r reservation, now time.Time) (_ CreateKeyResult, mine bool, _ error) {
 	k := d.Key
-	data, err := s.event(EventKeyCreated, k.OrgID, k.ID, now, c, d)
+	data, err := s.event(EventKeyCreated, k.OrgID, k.ID, now, c, 0, d)
 	if err != nil {
-		return CreateKeyResult{}, err
+		return CreateKeyResult{}, false, err
 	}
-	seq, err := s.Store.Append(ctx, AppendMsg{Subject: KeySubject(k.OrgID, k.ID), MsgID: c.id + ":" + k.ID, Type: EventKeyCreated, Data: data})
+	msgID := c.id + ":" + k.ID
+	if r.takeOver {
+		// Not the first attempt's Msg-Id: a duplicate ack for its message
+		// must not pass for this one's (it carries another secret's digest).
+		msgID += ":" + k.Digest[:16]
+	}
+	seq, err := s.Store.Append(ctx, AppendMsg{Subject: KeySubject(k.OrgID, k.ID), MsgID: msgID, Type: EventKeyCreated, Data: data})
 	if errors.Is(err, ErrConflict) {
 		// The subject already holds an event: our own append, landed before
-		// its reply was lost, or (astronomically unlikely) an id collision.
+		// its reply was lost; the other attempt of the same idempotent
+		// create (a resend that took it over, or the first attempt); or
+		// (astronomically unlikely) an id collision.
 		got, found, lerr := load(ctx, s.Store, keyAggregate(k.OrgID, k.ID))
-		if lerr == nil && found && got.event.CommandID == c.id && got.state.Version == 1 {
-			return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, nil
+		switch {
+		case lerr != nil:
+			return CreateKeyResult{}, false, lerr
+		case found && got.state.Digest == k.Digest:
+			return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, true, nil
+		case found && r.idem != "":
+			return CreateKeyResult{Key: got.state.View(now, nil), Sequence: got.seq}, false, nil
 		}
-		return CreateKeyResult{}, Errorf(EConflict, "key id %s is already taken; retry", k.ID)
+		return CreateKeyResult{}, false, Errorf(EConflict, "key id %s is already taken; retry", k.ID)
 	}
 	if err != nil {
-		return CreateKeyResult{}, storeError(err)
+		return CreateKeyResult{}, false, storeError(err)
 	}
-	return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, nil
+	return CreateKeyResult{Key: k.View(now, nil), Sequence: seq}, true, nil
 }
 
 // createOwner is the owner of a key created in org by a command of scope
@@ -203,4 +258,14 @@ func createOwner(org string, o *Owner, sc Scope) (*Owner, error) {
 		return nil, err
 	}
 	return &own, nil
+}
+
+// hiddenFromScope returns conflict when res, the key an idempotency key
+// already made, belongs to another member than a user-scope command's sc:
+// another member's key is not to be seen, even this way.
+func hiddenFromScope(sc Scope, res CreateKeyResult) error {
+	if sc.User != "" && (res.Key.Owner.Type != OwnerUser || res.Key.Owner.ID != sc.User) {
+		return Errorf(EConflict, "this idempotency_key was already used for another key; use a new one")
+	}
+	return nil
 }

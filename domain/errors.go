@@ -22,6 +22,7 @@ const (
 	EConflict     = "conflict"            // HTTP 409
 	EPrecondition = "failed_precondition" // HTTP 412
 	ETooLarge     = "too_large"           // HTTP 413
+	ERateLimited  = "rate_limited"        // HTTP 429, with Retry-After
 	EUnavailable  = "unavailable"         // HTTP 503
 	EInternal     = "internal"            // HTTP 500
 )
@@ -141,6 +142,8 @@ func HTTPStatus(code string) int {
 		return 412
 	case ETooLarge:
 		return 413
+	case ERateLimited:
+		return 429
 	case EUnavailable:
 		return 503
 	case "":

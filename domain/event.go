@@ -51,14 +51,23 @@ type Actor struct {
 // full catalog after it (field "catalog"): loading an aggregate is one read
 // of the last message on its subject, never a scan of the stream.
 type Event struct {
-	ID         string          `json:"id"`
-	Type       string          `json:"type"`
-	OrgID      string          `json:"org_id,omitempty"`
-	KeyID      string          `json:"key_id,omitempty"`
-	OccurredAt time.Time       `json:"occurred_at"`
-	Actor      Actor           `json:"actor"`
-	CommandID  string          `json:"command_id,omitempty"`
-	Data       json.RawMessage `json:"data"`
+	ID         string    `json:"id"`
+	Type       string    `json:"type"`
+	OrgID      string    `json:"org_id,omitempty"`
+	KeyID      string    `json:"key_id,omitempty"`
+	OccurredAt time.Time `json:"occurred_at"`
+	Actor      Actor     `json:"actor"`
+	CommandID  string    `json:"command_id,omitempty"`
+	// PrevSequence is the stream sequence of the last message on the
+	// event's subject when keyd appended it (0: the subject was empty):
+	// the append's optimistic-concurrency guard, which the stream stores
+	// with the message (header Nats-Expected-Last-Subject-Sequence). As
+	// it is signed with the payload, a replay of a signed event later on
+	// its subject cannot carry a guard that matches (JetStream refuses
+	// the publish when it does), so the command side recognizes replays
+	// without reading the history. Absent in events from before signing.
+	PrevSequence *uint64         `json:"prev_sequence,omitempty"`
+	Data         json.RawMessage `json:"data"`
 }
 
 // KeyCreatedData is the payload of key.created.
@@ -116,6 +125,9 @@ func (d KeyRotatedData) keyAfter() KeyState            { return d.Key }
 type PermissionEventData struct {
 	Permission Permission   `json:"permission"`
 	Catalog    []Permission `json:"catalog"`
+	// Version is the catalog's version after the event: the previous one
+	// + 1. Catalog events written before versions existed have none (0).
+	Version int64 `json:"version,omitempty"`
 }
 
 // DecodeEvent parses an event envelope and checks what every consumer relies
@@ -201,7 +213,9 @@ func (e Event) Catalog() (Catalog, error) {
 	if err := json.Unmarshal(e.Data, &d); err != nil {
 		return Catalog{}, Errorf(EInvalid, "event %s carries no catalog", e.ID)
 	}
-	return NewCatalog(d.Catalog), nil
+	c := NewCatalog(d.Catalog)
+	c.version = d.Version
+	return c, nil
 }
 
 // CheckSubject reports whether the event belongs on subject: a key event on

@@ -30,7 +30,14 @@ type Permission struct {
 // Catalog is the set of permissions, by slug. The zero value is empty.
 type Catalog struct {
 	bySlug map[string]Permission
+	// version counts the catalog's signed events: each one carries the
+	// catalog's version after it, one more than before. 0: the empty
+	// catalog, or one built by events from before catalogs had versions.
+	version int64
 }
+
+// Version returns the catalog's version (see Catalog).
+func (c Catalog) Version() int64 { return c.version }
 
 // NewCatalog builds a catalog from a list.
 func NewCatalog(list []Permission) Catalog {
@@ -118,7 +125,7 @@ func (c Catalog) Retire(slug string) (p Permission, next Catalog, changed bool, 
 // with returns a copy of c holding p (c itself never changes: catalogs are
 // shared, see Service.Catalog).
 func (c Catalog) with(p Permission) Catalog {
-	n := Catalog{bySlug: maps.Clone(c.bySlug)}
+	n := Catalog{bySlug: maps.Clone(c.bySlug), version: c.version + 1}
 	if n.bySlug == nil {
 		n.bySlug = make(map[string]Permission, 1)
 	}

@@ -139,7 +139,12 @@ type Digester struct {
 
 // NewDigester derives the digest key from the deployment secret.
 func NewDigester(deploymentSecret []byte) *Digester {
-	key := DeriveKey(deploymentSecret, "keyd key digest v1")
+	return newDigesterFromKey(DeriveKey(deploymentSecret, DigestLabel))
+}
+
+// newDigesterFromKey is the digester of a digest key (DeriveKey of the
+// deployment secret and DigestLabel, or a verifier credential's).
+func newDigesterFromKey(key []byte) *Digester {
 	d := &Digester{}
 	for i := range 64 {
 		var k byte

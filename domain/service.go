@@ -37,6 +37,11 @@ type Service struct {
 	Rand io.Reader
 	// MaxAttempts bounds the attempts of a retryable command (default 5).
 	MaxAttempts int
+	// Catalogs, when set, is a watched copy of the permission catalog
+	// (eventstore.CatalogWatcher) that create and set_permissions check
+	// grants against instead of reading the catalog from the store (see
+	// catalogFor for what that guarantees). Nil: every check reads it.
+	Catalogs CatalogSource
 
 	// catalog is the last catalog Catalog decoded, with the event it came
 	// from: reused while the last catalog event is byte for byte the same.
@@ -180,8 +185,22 @@ func checkKeyRef(org, keyID string) error {
 	return CheckKeyID(keyID)
 }
 
+// CatalogSource is a copy of the permission catalog that a watcher of the
+// catalog subject keeps current in memory (eventstore.CatalogWatcher).
+type CatalogSource interface {
+	// Current returns the catalog and the sequence of its last event.
+	// ok is false when the copy is not known to be current (not loaded
+	// yet, or out of contact with the stream for longer than its bound):
+	// the caller then reads the store.
+	Current() (c Catalog, seq uint64, ok bool)
+	// Observe offers the catalog as it stands after sequence seq (read
+	// from the store, or appended by this process); the copy takes it if
+	// it is newer than what it holds.
+	Observe(c Catalog, seq uint64)
+}
+
 // Catalog returns the current permission catalog and the sequence of its
-// last event (0 when empty).
+// last event (0 when empty), read from the store.
 func (s *Service) Catalog(ctx context.Context) (Catalog, uint64, error) {
 	rec, ok, err := s.Store.Last(ctx, CatalogSubject)
 	if err != nil {
@@ -190,8 +209,8 @@ func (s *Service) Catalog(ctx context.Context) (Catalog, uint64, error) {
 	if !ok {
 		return NewCatalog(nil), 0, nil
 	}
-	// Every create reads the catalog; decoding it again is most of what
-	// that costs once it is read, and it rarely changes.
+	// Decoding the catalog again is most of what a read costs once it is
+	// read, and it rarely changes.
 	if d := s.catalog.Load(); d != nil && d.seq == rec.Sequence && bytes.Equal(d.data, rec.Data) {
 		return d.catalog, rec.Sequence, nil
 	}
@@ -202,8 +221,37 @@ func (s *Service) Catalog(ctx context.Context) (Catalog, uint64, error) {
 	c, err := ev.Catalog()
 	if err == nil {
 		s.catalog.Store(&decodedCatalog{seq: rec.Sequence, data: rec.Data, catalog: c})
+		if s.Catalogs != nil {
+			s.Catalogs.Observe(c, rec.Sequence)
+		}
 	}
 	return c, rec.Sequence, err
+}
+
+// catalogFor returns the catalog to check a grant of perms against. With a
+// watched copy (Catalogs) that is current and lets every one of perms be
+// granted, that copy: no read of the store. Otherwise the catalog read from
+// the store, so a refusal ("not defined", "retired") always rests on a read
+// of the stream, and a permission defined a moment ago through any process
+// can be granted at once.
+//
+// The guarantee of the watched copy: a define or retire answered by this
+// process is in its copy before the reply (catalogCommand observes it); one
+// answered by another process reaches it within the watcher's propagation
+// (milliseconds; at most its poll interval when its consumer stalls), and a
+// copy out of contact with the stream for longer than its bound is not used.
+// So a create that races a retire answered elsewhere can still be granted
+// the permission during that window, as a create whose catalog read came
+// just before the retire always could; verifiers never report a retired
+// permission either way.
+func (s *Service) catalogFor(ctx context.Context, perms []string) (Catalog, error) {
+	if s.Catalogs != nil {
+		if c, _, ok := s.Catalogs.Current(); ok && c.CheckGrantable(perms) == nil {
+			return c, nil
+		}
+	}
+	c, _, err := s.Catalog(ctx)
+	return c, err
 }
 
 // keyCommand runs a command on one key that appends at most one event,
@@ -281,8 +329,8 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyPermissionsChanged, retry: cmd.ExpectedVersion == nil}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
-		// Read on every attempt: a retire that landed meanwhile counts.
-		catalog, _, err := s.Catalog(ctx)
+		// Looked up on every attempt: a retire that landed meanwhile counts.
+		catalog, err := s.catalogFor(ctx, g.Permissions)
 		if err != nil {
 			return nil, false, err
 		}
@@ -400,10 +448,15 @@ func (s *Service) catalogCommand(ctx context.Context, c command, evType, slug st
 		if err != nil || !changed {
 			return nil, err
 		}
-		return []change[Catalog]{{typ: evType, data: PermissionEventData{Permission: p, Catalog: next.List()}, after: next}}, nil
+		return []change[Catalog]{{typ: evType, data: PermissionEventData{Permission: p, Catalog: next.List(), Version: next.Version()}, after: next}}, nil
 	})
 	if err != nil {
 		return PermissionResult{}, err
+	}
+	if s.Catalogs != nil && out.seq > 0 {
+		// Before the reply: every command this process answers after it
+		// checks against this catalog (as of out.seq) or a later one.
+		s.Catalogs.Observe(out.state, out.seq)
 	}
 	return PermissionResult{Permission: out.state.bySlug[slug], Sequence: out.seq}, nil
 }

@@ -489,23 +489,53 @@ func TestIdempotencyKey(t *testing.T) {
 			t.Errorf("create after 25h = %+v, want a new key with a secret", later.Key)
 		}
 	})
-	t.Run("a stale reservation blocks for a while, then is taken over", func(t *testing.T) {
-		// The reservation's create never landed (the creator crashed).
+	t.Run("a reservation whose key never appeared is taken over at once", func(t *testing.T) {
+		// Issue 11 P3: the reservation's create never landed (its process
+		// crashed between reserving and appending). A resend must not wait
+		// for the reservation to go stale: it creates the reserved key.
 		e := env.on(t)
 		ghost := "key_01J0000000000000000000000Z"
 		if _, ok, err := e.idem.Reserve(e.ctx, "org", "crashed", ghost, e.clk.Now()); err != nil || !ok {
 			t.Fatalf("reserve: %v %v", ok, err)
 		}
 		e.clk.Advance(time.Second)
-		_, err := e.svc.CreateKey(e.ctx, "org", domain.CreateKey{Name: "n", IdempotencyKey: "crashed"})
-		wantErr(t, err, domain.EConflict, "in progress")
-		e.clk.Advance(30 * time.Second)
-		taken := e.create("org", domain.CreateKey{IdempotencyKey: "crashed"})
-		if taken.Key.ID == ghost || taken.Secret == "" {
-			t.Errorf("stale reservation was not taken over: %+v", taken.Key)
+		taken := e.create("org", domain.CreateKey{Name: "n", IdempotencyKey: "crashed"})
+		if taken.Key.ID != ghost || taken.Secret == "" {
+			t.Errorf("resend = %s (secret %t), want the reserved key %s with its secret", taken.Key.ID, taken.Secret != "", ghost)
 		}
 		if again := e.create("org", domain.CreateKey{IdempotencyKey: "crashed"}); again.Key.ID != taken.Key.ID || again.Secret != "" {
 			t.Errorf("repeat after take-over = %s, want %s without secret", again.Key.ID, taken.Key.ID)
+		}
+	})
+	t.Run("the first create landing after a take-over answers the taker's key", func(t *testing.T) {
+		// The first attempt was only slow: it appends after a resend took
+		// its reservation over. Exactly one key; the late first attempt
+		// answers it without a secret (it is not the secret it made).
+		e := env.on(t)
+		slow := &stallingIdempotency{IdempotencyStore: e.idem, reserved: make(chan struct{}), resume: make(chan struct{})}
+		first := &domain.Service{Store: e.mem, Idempotency: slow, Digester: e.svc.Digester, Now: e.clk.Now, Rand: testenv.LockedRand(3)}
+		type out struct {
+			res domain.CreateKeyResult
+			err error
+		}
+		done := make(chan out, 1)
+		go func() {
+			res, err := first.CreateKey(e.ctx, "org", domain.CreateKey{Name: "first", IdempotencyKey: "race"})
+			done <- out{res, err}
+		}()
+		<-slow.reserved
+		taken := e.create("org", domain.CreateKey{Name: "resend", IdempotencyKey: "race"})
+		close(slow.resume)
+		late := <-done
+		if late.err != nil {
+			t.Fatal(late.err)
+		}
+		if late.res.Key.ID != taken.Key.ID || late.res.Secret != "" || taken.Secret == "" {
+			t.Errorf("late first attempt = %s (secret %t), resend = %s (secret %t): want one key, the secret only in the resend's reply",
+				late.res.Key.ID, late.res.Secret != "", taken.Key.ID, taken.Secret != "")
+		}
+		if late.res.Key.Name != "resend" {
+			t.Errorf("the key is %q, want the resend's (it landed first)", late.res.Key.Name)
 		}
 	})
 	t.Run("without an idempotency store, idempotency keys are unavailable", func(t *testing.T) {
@@ -1264,4 +1294,19 @@ func TestStoreUnavailable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// stallingIdempotency holds a create between its reservation and its append:
+// reserved is closed once Reserve has reserved, and Reserve returns only
+// when resume is closed.
+type stallingIdempotency struct {
+	domain.IdempotencyStore
+	reserved, resume chan struct{}
+}
+
+func (s *stallingIdempotency) Reserve(ctx context.Context, org, key, keyID string, now time.Time) (domain.IdempotencyRecord, bool, error) {
+	rec, ok, err := s.IdempotencyStore.Reserve(ctx, org, key, keyID, now)
+	close(s.reserved)
+	<-s.resume
+	return rec, ok, err
 }

@@ -106,8 +106,13 @@ type loaded[S any] struct {
 // none (state is then zero: the caller decides what that means).
 func load[S any](ctx context.Context, store EventStore, a aggregate[S]) (l loaded[S], found bool, err error) {
 	rec, ok, err := store.Last(ctx, a.subject)
-	if err != nil || !ok {
+	if err != nil {
 		return loaded[S]{}, false, storeError(err)
+	}
+	if !ok {
+		// The subject may hold messages the store set aside: the next
+		// append must still expect the last of them.
+		return loaded[S]{seq: rec.Guard()}, false, nil
 	}
 	ev, err := DecodeEvent(rec.Data)
 	if err != nil {
@@ -117,7 +122,10 @@ func load[S any](ctx context.Context, store EventStore, a aggregate[S]) (l loade
 	if err != nil {
 		return loaded[S]{}, false, err
 	}
-	return loaded[S]{state: st, event: ev, seq: rec.Sequence}, true, nil
+	// The state is the last event the store vouches for; the guard of the
+	// next append is the subject's last message, whatever it is, so that a
+	// message set aside after it cannot make every append conflict.
+	return loaded[S]{state: st, event: ev, seq: rec.Guard()}, true, nil
 }
 
 // mutate runs w: it loads the aggregate, lets decide choose the changes
@@ -171,7 +179,11 @@ func mutate[S any](ctx context.Context, s *Service, w write[S], decide func(st S
 		}
 		msgs := make([]AppendMsg, 0, len(changes))
 		for _, c := range changes {
-			data, err := s.event(c.typ, c.org, c.keyID, now, w.cmd, c.data)
+			expected := cur.seq
+			if c.startsSubject {
+				expected = 0
+			}
+			data, err := s.event(c.typ, c.org, c.keyID, now, w.cmd, expected, c.data)
 			if err != nil {
 				return outcome[S]{}, err
 			}
@@ -179,10 +191,7 @@ func mutate[S any](ctx context.Context, s *Service, w write[S], decide func(st S
 			if c.roles {
 				suffix = "roles"
 			}
-			m := AppendMsg{Subject: c.subject(), ExpectedSequence: cur.seq, MsgID: w.cmd.id + ":" + suffix, Type: c.typ, Data: data}
-			if c.startsSubject {
-				m.ExpectedSequence = 0
-			}
+			m := AppendMsg{Subject: c.subject(), ExpectedSequence: expected, MsgID: w.cmd.id + ":" + suffix, Type: c.typ, Data: data}
 			msgs = append(msgs, m)
 		}
 		done := outcome[S]{state: changes[len(changes)-1].after, changes: changes}
@@ -250,8 +259,9 @@ func msgSuffix(keyID string) string {
 	return keyID
 }
 
-// event returns the encoded envelope of a command's event with payload data.
-func (s *Service) event(typ, org, keyID string, at time.Time, c command, data any) ([]byte, error) {
+// event returns the encoded envelope of a command's event with payload data,
+// to be appended expecting prev as its subject's last sequence.
+func (s *Service) event(typ, org, keyID string, at time.Time, c command, prev uint64, data any) ([]byte, error) {
 	id, err := s.newID()
 	if err != nil {
 		return nil, err
@@ -260,7 +270,7 @@ func (s *Service) event(typ, org, keyID string, at time.Time, c command, data an
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(Event{ID: id, Type: typ, OrgID: org, KeyID: keyID, OccurredAt: at, Actor: c.actor, CommandID: c.id, Data: raw})
+	return json.Marshal(Event{ID: id, Type: typ, OrgID: org, KeyID: keyID, OccurredAt: at, Actor: c.actor, CommandID: c.id, PrevSequence: &prev, Data: raw})
 }
 
 // storeError turns an event-store failure into the error a caller sees:

@@ -49,8 +49,9 @@ func newRecord(keyID string, now time.Time) domain.IdempotencyRecord {
 //   - Replace stores {keyID, now} only if the record is still at
 //     old.Revision; otherwise replaced=false and nil error. (An expired
 //     record may vanish at any time; Replace of it is then false.)
-//   - Release deletes the record only if it still names keyID; anything else
-//     (another key id, no record) is a no-op, not an error.
+//   - Release deletes the record only if it is still at the revision of
+//     the record given (as Reserve or Replace left it); anything else (a
+//     record replaced since, no record) is a no-op, not an error.
 //   - records carry Revision: a number that changes on every write of that
 //     (org, key).
 //
@@ -64,28 +65,7 @@ type KVIdempotency struct {
 // returns the store on it. Like EnsureStream, it never lowers the replicas
 // of an existing bucket.
 func NewKVIdempotency(ctx context.Context, js jetstream.JetStream, replicas int) (*KVIdempotency, error) {
-	if replicas < 1 || replicas > 5 {
-		return nil, fmt.Errorf("eventstore: bucket %s: replicas must be 1 to 5, not %d", IdempotencyBucket, replicas)
-	}
-	return withAttempts(ctx, func(ctx context.Context) (*KVIdempotency, error) { return newKVIdempotency(ctx, js, replicas) })
-}
-
-func newKVIdempotency(ctx context.Context, js jetstream.JetStream, replicas int) (*KVIdempotency, error) {
-	existing, err := js.KeyValue(ctx, IdempotencyBucket)
-	switch {
-	case err == nil:
-		st, err := existing.Status(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("eventstore: bucket %s status: %w", IdempotencyBucket, err)
-		}
-		if r := st.Config().Replicas; r > replicas {
-			return nil, fmt.Errorf("eventstore: bucket %s has %d replicas; refusing to lower them to %d", IdempotencyBucket, r, replicas)
-		}
-	case errors.Is(err, jetstream.ErrBucketNotFound):
-	default:
-		return nil, fmt.Errorf("eventstore: looking up bucket %s: %w", IdempotencyBucket, err)
-	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := EnsureBucket(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      IdempotencyBucket,
 		Description: "keyd: idempotency keys of create",
 		History:     1,
@@ -94,7 +74,7 @@ func newKVIdempotency(ctx context.Context, js jetstream.JetStream, replicas int)
 		Replicas:    replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("eventstore: the server refused to create or update bucket %s: %w", IdempotencyBucket, err)
+		return nil, err
 	}
 	return &KVIdempotency{kv: kv}, nil
 }
@@ -180,29 +160,21 @@ func (s *KVIdempotency) Replace(ctx context.Context, org, key string, old domain
 	return true, nil
 }
 
-// Release deletes the record if it still names keyID.
-func (s *KVIdempotency) Release(ctx context.Context, org, key, keyID string) error {
+// Release deletes the record if it is still at rec.Revision: one delete
+// guarded by the revision.
+func (s *KVIdempotency) Release(ctx context.Context, org, key string, rec domain.IdempotencyRecord) error {
 	k, err := idemKey(org, key)
 	if err != nil {
 		return err
 	}
-	for range maxCASRounds {
-		cur, ok, err := s.get(ctx, k)
-		if err != nil {
-			return err
-		}
-		if !ok || cur.KeyID != keyID {
-			return nil
-		}
-		err = s.kv.Delete(ctx, k, jetstream.LastRevision(cur.Revision))
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !isWrongLastSeq(err) {
-			return fmt.Errorf("eventstore: releasing idempotency record %s: %w", k, err)
-		}
+	if rec.Revision == 0 {
+		return nil // never read from this store
 	}
-	return fmt.Errorf("eventstore: releasing idempotency record %s: changed by others %d times in a row", k, maxCASRounds)
+	err = s.kv.Delete(ctx, k, jetstream.LastRevision(rec.Revision))
+	if err == nil || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSeq(err) {
+		return nil
+	}
+	return fmt.Errorf("eventstore: releasing idempotency record %s: %w", k, err)
 }
 
 var _ domain.IdempotencyStore = (*KVIdempotency)(nil)
@@ -261,8 +233,8 @@ func (m *MemoryIdempotency) Replace(ctx context.Context, org, key string, old do
 	return true, nil
 }
 
-// Release deletes the record if it still names keyID.
-func (m *MemoryIdempotency) Release(ctx context.Context, org, key, keyID string) error {
+// Release deletes the record if it is still at rec.Revision.
+func (m *MemoryIdempotency) Release(ctx context.Context, org, key string, rec domain.IdempotencyRecord) error {
 	k, err := idemKey(org, key)
 	if err != nil {
 		return err
@@ -272,7 +244,7 @@ func (m *MemoryIdempotency) Release(ctx context.Context, org, key, keyID string)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if cur, ok := m.recs[k]; ok && cur.KeyID == keyID {
+	if cur, ok := m.recs[k]; ok && rec.Revision != 0 && cur.Revision == rec.Revision {
 		delete(m.recs, k)
 		m.rev++ // as a KV delete marker takes a revision
 	}

@@ -89,19 +89,26 @@ func runIdempotency(t *testing.T, newStore func(t *testing.T) domain.Idempotency
 			}
 		}},
 		{"Release", func(t *testing.T, ctx context.Context, s domain.IdempotencyStore) {
-			if err := s.Release(ctx, org, key, "k1"); err != nil {
+			if err := s.Release(ctx, org, key, domain.IdempotencyRecord{KeyID: "k1", Revision: 1}); err != nil {
 				t.Fatalf("Release of no record: %v", err)
 			}
-			if _, _, err := s.Reserve(ctx, org, key, "k1", t0); err != nil {
+			first, ok, err := s.Reserve(ctx, org, key, "k1", t0)
+			if err != nil || !ok {
+				t.Fatal(ok, err)
+			}
+			// Taken over (replaced, same key id): the first holder's Release
+			// must leave the record.
+			if ok, err := s.Replace(ctx, org, key, first, "k1", t0.Add(time.Second)); err != nil || !ok {
+				t.Fatalf("Replace = %v, %v", ok, err)
+			}
+			if err := s.Release(ctx, org, key, first); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.Release(ctx, org, key, "other"); err != nil {
-				t.Fatal(err)
+			cur, ok, _ := s.Reserve(ctx, org, key, "k2", t0)
+			if ok || cur.KeyID != "k1" {
+				t.Fatalf("Release at an old revision removed the record: %+v, %v", cur, ok)
 			}
-			if rec, ok, _ := s.Reserve(ctx, org, key, "k2", t0); ok || rec.KeyID != "k1" {
-				t.Fatalf("Release with another key id removed the record: %+v, %v", rec, ok)
-			}
-			if err := s.Release(ctx, org, key, "k1"); err != nil {
+			if err := s.Release(ctx, org, key, cur); err != nil {
 				t.Fatal(err)
 			}
 			if rec, ok, err := s.Reserve(ctx, org, key, "k2", t0); err != nil || !ok || rec.KeyID != "k2" {

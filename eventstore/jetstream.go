@@ -77,6 +77,9 @@ type JetStream struct {
 	attemptTimeout time.Duration
 	backoff        time.Duration
 	leaderLast     bool
+	signer         *domain.EventSigner
+	auth           Auth
+	onReject       func(Rejection)
 }
 
 // Option configures a JetStream store.
@@ -90,6 +93,22 @@ type Option func(*JetStream)
 // same.
 func WithLeaderReads() Option {
 	return func(s *JetStream) { s.leaderLast = true }
+}
+
+// WithSigner makes the store sign every event it appends (the header
+// domain.SignatureHeader) and set aside, in Last and Next, every message the
+// signer's public key does not vouch for (see auth.go): keyd's command side
+// always has one. Without it the store neither signs nor checks (tests of
+// the store's mechanics).
+func WithSigner(signer *domain.EventSigner) Option {
+	return func(s *JetStream) { s.signer = signer }
+}
+
+// WithRejections receives each message Last or Next sets aside (for
+// keyd_events_rejected_total and a log line). It is called on the caller's
+// goroutine.
+func WithRejections(f func(Rejection)) Option {
+	return func(s *JetStream) { s.onReject = f }
 }
 
 // NewJetStream returns the event store on stream (as returned by
@@ -113,7 +132,42 @@ func NewJetStream(js jetstream.JetStream, nc *nats.Conn, stream jetstream.Stream
 	for _, o := range opts {
 		o(s)
 	}
+	if s.signer != nil {
+		var signedFrom uint64
+		if info := stream.CachedInfo(); info != nil {
+			signedFrom = SignedFromOf(info.Config)
+		}
+		s.auth = NewAuth(s.signer.PublicKey(), signedFrom)
+	}
 	return s
+}
+
+// sign sets the signature header of m, when the store signs.
+func (s *JetStream) sign(m *nats.Msg) {
+	if s.signer != nil {
+		m.Header.Set(domain.SignatureHeader, s.signer.Sign(m.Subject, m.Data))
+	}
+}
+
+// rejected reports whether the store sets aside the message at seq, and
+// reports it: not signed by keyd (Auth), or signed by keyd but replayed
+// (Chained: the guard stored with it is not the one keyd signed).
+func (s *JetStream) rejected(seq uint64, subject string, data []byte, hdr nats.Header) bool {
+	if s.signer == nil {
+		return false
+	}
+	sig := hdr.Get(domain.SignatureHeader)
+	reason := s.auth.Check(seq, subject, data, sig)
+	if reason == "" && sig != "" && !Chained(data, hdr.Get(jetstream.ExpectedLastSubjSeqHeader)) {
+		reason = RejectVersion // keyd's event, replayed later on its subject
+	}
+	if reason == "" {
+		return false
+	}
+	if s.onReject != nil {
+		s.onReject(Rejection{Sequence: seq, Subject: subject, Reason: reason})
+	}
+	return true
 }
 
 func apiPrefix(o jetstream.JetStreamOptions) string {
@@ -203,6 +257,7 @@ func isWrongLastSeq(err error) bool {
 func (s *JetStream) publishOne(ctx context.Context, a domain.AppendMsg) (uint64, error) {
 	m := &nats.Msg{Subject: a.Subject, Data: a.Data, Header: nats.Header{}}
 	m.Header.Set(HeaderEventType, a.Type)
+	s.sign(m)
 	ack, err := s.js.PublishMsg(ctx, m,
 		jetstream.WithMsgID(a.MsgID),
 		jetstream.WithExpectStream(s.name),
@@ -247,14 +302,19 @@ func (s *JetStream) Next(ctx context.Context, subject string, after uint64) (dom
 	if err := checkSubject(subject); err != nil {
 		return domain.Record{}, false, err
 	}
-	rec, ok, err := s.leaderGet(ctx, leaderGetRequest{Seq: after + 1, NextFor: subject})
-	if err != nil {
-		return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s after %d: %w", subject, after, err)
+	for {
+		rec, hdr, ok, err := s.leaderGet(ctx, leaderGetRequest{Seq: after + 1, NextFor: subject})
+		if err != nil {
+			return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s after %d: %w", subject, after, err)
+		}
+		if ok && rec.Subject != subject {
+			return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s after %d: the reply holds a message of another subject", subject, after)
+		}
+		if !ok || !s.rejected(rec.Sequence, rec.Subject, rec.Data, hdr) {
+			return rec, ok, nil
+		}
+		after = rec.Sequence
 	}
-	if ok && rec.Subject != subject {
-		return domain.Record{}, false, fmt.Errorf("eventstore: next message on %s after %d: the reply holds a message of another subject", subject, after)
-	}
-	return rec, ok, nil
 }
 
 type leaderGetRequest struct {
@@ -264,7 +324,7 @@ type leaderGetRequest struct {
 }
 
 // leaderGet is one STREAM.MSG.GET request, which the stream leader answers.
-func (s *JetStream) leaderGet(ctx context.Context, req leaderGetRequest) (domain.Record, bool, error) {
+func (s *JetStream) leaderGet(ctx context.Context, req leaderGetRequest) (domain.Record, nats.Header, bool, error) {
 	body, _ := json.Marshal(req)
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -274,34 +334,41 @@ func (s *JetStream) leaderGet(ctx context.Context, req leaderGetRequest) (domain
 	resp, err := s.nc.RequestWithContext(ctx, s.apiPrefix+"STREAM.MSG.GET."+s.name, body)
 	if err != nil {
 		if retryable(err) {
-			return domain.Record{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			return domain.Record{}, nil, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
-		return domain.Record{}, false, err
+		return domain.Record{}, nil, false, err
 	}
 	var r struct {
 		Error   *jetstream.APIError `json:"error"`
 		Message *struct {
 			Subject string `json:"subject"`
 			Seq     uint64 `json:"seq"`
+			Header  []byte `json:"hdrs"`
 			Data    []byte `json:"data"`
 		} `json:"message"`
 	}
 	if err := json.Unmarshal(resp.Data, &r); err != nil {
-		return domain.Record{}, false, errors.New("bad reply from the stream leader")
+		return domain.Record{}, nil, false, errors.New("bad reply from the stream leader")
 	}
 	if r.Error != nil {
 		if r.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
-			return domain.Record{}, false, nil
+			return domain.Record{}, nil, false, nil
 		}
 		if retryable(r.Error) {
-			return domain.Record{}, false, fmt.Errorf("%w: %w", ErrUnavailable, r.Error)
+			return domain.Record{}, nil, false, fmt.Errorf("%w: %w", ErrUnavailable, r.Error)
 		}
-		return domain.Record{}, false, r.Error
+		return domain.Record{}, nil, false, r.Error
 	}
 	if r.Message == nil {
-		return domain.Record{}, false, errors.New("the stream leader's reply holds no message")
+		return domain.Record{}, nil, false, errors.New("the stream leader's reply holds no message")
 	}
-	return domain.Record{Subject: r.Message.Subject, Sequence: r.Message.Seq, Data: r.Message.Data}, true, nil
+	var hdr nats.Header
+	if len(r.Message.Header) > 0 {
+		if hdr, err = nats.DecodeHeadersMsg(r.Message.Header); err != nil {
+			return domain.Record{}, nil, false, errors.New("the stream leader's reply holds malformed headers")
+		}
+	}
+	return domain.Record{Subject: r.Message.Subject, Sequence: r.Message.Seq, Data: r.Message.Data}, hdr, true, nil
 }
 
 // batchAck is the server's reply to a batch message: empty for a staged
@@ -334,6 +401,7 @@ func (s *JetStream) publishBatch(ctx context.Context, msgs []domain.AppendMsg) (
 	for i, a := range msgs {
 		m := &nats.Msg{Subject: a.Subject, Data: a.Data, Header: nats.Header{}}
 		m.Header.Set(HeaderEventType, a.Type)
+		s.sign(m)
 		m.Header.Set(jetstream.MsgIDHeader, a.MsgID)
 		m.Header.Set(jetstream.ExpectedStreamHeader, s.name)
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(a.ExpectedSequence, 10))
@@ -403,26 +471,127 @@ func (s *JetStream) Last(ctx context.Context, subject string) (domain.Record, bo
 	if err := checkSubject(subject); err != nil {
 		return domain.Record{}, false, err
 	}
+	rec, hdr, ok, err := s.lastRaw(ctx, subject)
+	if err != nil || !ok {
+		return domain.Record{}, false, err
+	}
+	rec.Head = rec.Sequence
+	if !s.rejected(rec.Sequence, rec.Subject, rec.Data, hdr) {
+		return rec, true, nil
+	}
+	good, ok, err := s.lastGood(ctx, subject, rec.Sequence)
+	if err != nil {
+		return domain.Record{}, false, fmt.Errorf("eventstore: last message on %s: %w", subject, err)
+	}
+	good.Head = rec.Sequence
+	return good, ok, nil
+}
+
+// lastRaw is the newest message on subject, whatever it is: one direct get
+// (or one leader get, WithLeaderReads).
+func (s *JetStream) lastRaw(ctx context.Context, subject string) (domain.Record, nats.Header, bool, error) {
 	if s.leaderLast {
-		rec, ok, err := s.leaderGet(ctx, leaderGetRequest{LastFor: subject})
+		rec, hdr, ok, err := s.leaderGet(ctx, leaderGetRequest{LastFor: subject})
 		if err != nil {
-			return domain.Record{}, false, fmt.Errorf("eventstore: last message on %s: %w", subject, err)
+			return domain.Record{}, nil, false, fmt.Errorf("eventstore: last message on %s: %w", subject, err)
 		}
 		if ok && rec.Subject != subject {
-			return domain.Record{}, false, fmt.Errorf("eventstore: last message on %s: the reply holds a message of another subject", subject)
+			return domain.Record{}, nil, false, fmt.Errorf("eventstore: last message on %s: the reply holds a message of another subject", subject)
 		}
-		return rec, ok, nil
+		return rec, hdr, ok, nil
 	}
 	m, err := s.stream.GetLastMsgForSubject(ctx, subject)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
-		return domain.Record{}, false, nil
+		return domain.Record{}, nil, false, nil
 	case err != nil && retryable(err):
-		return domain.Record{}, false, fmt.Errorf("%w: last message on %s: %w", ErrUnavailable, subject, err)
+		return domain.Record{}, nil, false, fmt.Errorf("%w: last message on %s: %w", ErrUnavailable, subject, err)
 	case err != nil:
-		return domain.Record{}, false, fmt.Errorf("eventstore: last message on %s: %w", subject, err)
+		return domain.Record{}, nil, false, fmt.Errorf("eventstore: last message on %s: %w", subject, err)
 	}
-	return domain.Record{Subject: m.Subject, Sequence: m.Sequence, Data: m.Data}, true, nil
+	return domain.Record{Subject: m.Subject, Sequence: m.Sequence, Data: m.Data}, m.Header, true, nil
+}
+
+// maxSetAside bounds how many set-aside messages Last steps back over on
+// one subject before it gives up (unavailable): past it, the subject is
+// being flooded, and a load must not turn into a scan of it.
+const maxSetAside = 1000
+
+// lastGood finds the last message on subject below head (a message set
+// aside) that the store vouches for. It steps back with direct gets of the
+// last message up to a sequence (nats-server 2.11's multi_last with
+// up_to_seq), which any replica may answer; the candidate is then confirmed
+// forward with the leader (Next: nothing it vouches for lies between the
+// candidate and head), so a lagging replica cannot make Last return an
+// older state than the stream holds.
+func (s *JetStream) lastGood(ctx context.Context, subject string, head uint64) (domain.Record, bool, error) {
+	below := head
+	for range maxSetAside {
+		rec, hdr, ok, err := s.lastUpTo(ctx, subject, below-1)
+		if err != nil {
+			return domain.Record{}, false, err
+		}
+		if !ok {
+			return s.confirmLast(ctx, subject, domain.Record{}, head)
+		}
+		if !s.rejected(rec.Sequence, rec.Subject, rec.Data, hdr) {
+			return s.confirmLast(ctx, subject, rec, head)
+		}
+		below = rec.Sequence
+	}
+	return domain.Record{}, false, fmt.Errorf("%w: more than %d messages on %s are set aside (not signed by keyd)", ErrUnavailable, maxSetAside, subject)
+}
+
+// confirmLast returns the last message on subject below head that the store
+// vouches for, starting from the candidate cand (zero: none below it),
+// read forward from the leader.
+func (s *JetStream) confirmLast(ctx context.Context, subject string, cand domain.Record, head uint64) (domain.Record, bool, error) {
+	found := cand.Sequence > 0
+	for {
+		next, ok, err := s.Next(ctx, subject, cand.Sequence)
+		if err != nil {
+			return domain.Record{}, false, err
+		}
+		if !ok || next.Sequence >= head {
+			return cand, found, nil
+		}
+		cand, found = next, true
+	}
+}
+
+// lastUpTo is the last message on subject at or below seq (ok=false: none),
+// by a direct get that any replica may answer.
+func (s *JetStream) lastUpTo(ctx context.Context, subject string, seq uint64) (domain.Record, nats.Header, bool, error) {
+	if seq == 0 {
+		return domain.Record{}, nil, false, nil
+	}
+	body, _ := json.Marshal(struct {
+		MultiLast []string `json:"multi_last"`
+		UpToSeq   uint64   `json:"up_to_seq"`
+		Batch     int      `json:"batch"`
+	}{[]string{subject}, seq, 1})
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.js.Options().DefaultTimeout)
+		defer cancel()
+	}
+	resp, err := s.nc.RequestWithContext(ctx, s.apiPrefix+"DIRECT.GET."+s.name, body)
+	if err != nil {
+		if retryable(err) {
+			return domain.Record{}, nil, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return domain.Record{}, nil, false, err
+	}
+	if st := resp.Header.Get("Status"); st == "404" {
+		return domain.Record{}, nil, false, nil
+	} else if st != "" {
+		return domain.Record{}, nil, false, fmt.Errorf("direct get of the last message on %s up to %d: status %s %s", subject, seq, st, resp.Header.Get("Description"))
+	}
+	got, err := strconv.ParseUint(resp.Header.Get(jetstream.SequenceHeader), 10, 64)
+	if err != nil || resp.Header.Get(jetstream.SubjectHeader) != subject || got > seq {
+		return domain.Record{}, nil, false, fmt.Errorf("direct get of the last message on %s up to %d: unexpected reply", subject, seq)
+	}
+	return domain.Record{Subject: subject, Sequence: got, Data: resp.Data}, resp.Header, true, nil
 }
 
 // LastSequence returns the stream's last sequence (0 if it is empty), as the

@@ -68,8 +68,12 @@ func newFixture(tb testing.TB, opts ...Option) *fixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	opts = append([]Option{WithSigner(testSigner)}, opts...)
 	return &fixture{srv: srv, nc: nc, js: js, stream: st, store: NewJetStream(js, nc, st, opts...)}
 }
+
+// testSigner signs the fixtures' events (a store of keyd's always signs).
+var testSigner = domain.NewEventSigner([]byte("eventstore test deployment secret"))
 
 func TestJetStreamConformance(t *testing.T) {
 	t.Parallel()
@@ -161,7 +165,8 @@ func TestJetStreamDuplicates(t *testing.T) {
 
 	// A plain repeat (same Msg-Id, no guard): a duplicate ack, original seq.
 	pub := func(opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
-		m := &nats.Msg{Subject: subj, Data: []byte("x"), Header: nats.Header{HeaderEventType: {domain.EventKeyCreated}}}
+		m := &nats.Msg{Subject: subj, Data: []byte("x"), Header: nats.Header{HeaderEventType: {domain.EventKeyCreated},
+			domain.SignatureHeader: {testSigner.Sign(subj, []byte("x"))}}}
 		return f.js.PublishMsg(ctx, m, append(opts, jetstream.WithMsgID("d1"))...)
 	}
 	a1, err := pub()

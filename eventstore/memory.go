@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/keyd-dev/keyd/domain"
@@ -34,6 +35,9 @@ type Memory struct {
 	log  []memRecord       // log[i] has sequence i+1
 	last map[string]uint64 // subject → sequence of its last message
 	ids  map[string]uint64 // MsgID → sequence
+	// signer, when set, signs every append, and Last and Next set aside
+	// what it does not vouch for (as the JetStream store WithSigner).
+	signer *domain.EventSigner
 }
 
 type memRecord struct {
@@ -42,11 +46,38 @@ type memRecord struct {
 	msgID   string
 	typ     string
 	data    []byte
+	sig     string // the signature header ("": none)
 }
 
 // NewMemory returns an empty in-memory event store.
 func NewMemory() *Memory {
 	return &Memory{last: map[string]uint64{}, ids: map[string]uint64{}}
+}
+
+// NewSignedMemory returns an empty in-memory event store that signs every
+// append with signer and, in Last and Next, sets aside messages signer's key
+// does not vouch for (every message is signed from sequence 1).
+func NewSignedMemory(signer *domain.EventSigner) *Memory {
+	m := NewMemory()
+	m.signer = signer
+	return m
+}
+
+// Forge stores a message as a foreign NATS client could publish it: on
+// subject, with signature header sig ("": none), unguarded. For tests.
+func (m *Memory) Forge(subject string, data []byte, sig string) uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.log = append(m.log, memRecord{subject: subject, prev: m.last[subject], data: slices.Clone(data), sig: sig})
+	seq := uint64(len(m.log))
+	m.last[subject] = seq
+	return seq
+}
+
+// good reports whether the store vouches for r (always, without a signer).
+func (m *Memory) good(r memRecord) bool {
+	return m.signer == nil || m.signer.PublicKey().Verify(r.subject, r.data, r.sig) &&
+		Chained(r.data, strconv.FormatUint(r.prev, 10))
 }
 
 // Append stores msgs atomically, each guarded by its ExpectedSequence, and
@@ -79,10 +110,14 @@ func (m *Memory) Append(ctx context.Context, msgs ...domain.AppendMsg) (uint64, 
 		}
 	}
 	for _, a := range msgs {
-		m.log = append(m.log, memRecord{
+		r := memRecord{
 			subject: a.Subject, prev: m.last[a.Subject], msgID: a.MsgID, typ: a.Type,
 			data: slices.Clone(a.Data),
-		})
+		}
+		if m.signer != nil {
+			r.sig = m.signer.Sign(a.Subject, a.Data)
+		}
+		m.log = append(m.log, r)
 		seq := uint64(len(m.log))
 		m.last[a.Subject] = seq
 		m.ids[a.MsgID] = seq
@@ -100,11 +135,16 @@ func (m *Memory) Last(ctx context.Context, subject string) (domain.Record, bool,
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	seq, ok := m.last[subject]
+	head, ok := m.last[subject]
 	if !ok {
 		return domain.Record{}, false, nil
 	}
-	return domain.Record{Subject: subject, Sequence: seq, Data: slices.Clone(m.log[seq-1].data)}, true, nil
+	for seq := head; seq > 0; seq = m.log[seq-1].prev {
+		if r := m.log[seq-1]; m.good(r) {
+			return domain.Record{Subject: subject, Sequence: seq, Data: slices.Clone(r.data), Head: head}, true, nil
+		}
+	}
+	return domain.Record{Head: head}, false, nil
 }
 
 // Next returns the first message on subject with a sequence above after.
@@ -118,7 +158,7 @@ func (m *Memory) Next(ctx context.Context, subject string, after uint64) (domain
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for seq := after + 1; seq <= uint64(len(m.log)); seq++ {
-		if r := m.log[seq-1]; r.subject == subject {
+		if r := m.log[seq-1]; r.subject == subject && m.good(r) {
 			return domain.Record{Subject: subject, Sequence: seq, Data: slices.Clone(r.data)}, true, nil
 		}
 	}

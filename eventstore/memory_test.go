@@ -10,6 +10,9 @@ import (
 func TestMemoryConformance(t *testing.T) {
 	t.Parallel()
 	storetest.Run(t, func(t *testing.T) domain.EventStore { return NewMemory() })
+	t.Run("Signed", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) domain.EventStore { return NewSignedMemory(testSigner) })
+	})
 }
 
 func TestMemoryTypeAndLastSequence(t *testing.T) {

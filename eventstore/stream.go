@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -86,6 +87,8 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 		// that does not exist yet hang until their deadline (seen with
 		// nats-server 2.15.2), while concurrent creates of the same config
 		// are answered at once.
+		// A new stream: every event is signed.
+		cfg.Metadata = map[string]string{MetadataSignedFrom: "1"}
 		st, cerr := js.CreateStream(ctx, cfg)
 		if cerr == nil {
 			return st, nil
@@ -94,14 +97,37 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 			return nil, fmt.Errorf("eventstore: the server refused to create stream %s: %w", domain.StreamName, cerr)
 		}
 		// Another process created it first: fall through to the update.
+		if existing, err = js.Stream(ctx, domain.StreamName); err != nil {
+			return nil, fmt.Errorf("eventstore: looking up stream %s: %w", domain.StreamName, err)
+		}
 	default:
 		return nil, fmt.Errorf("eventstore: looking up stream %s: %w", domain.StreamName, err)
 	}
+	cfg.Metadata = signingMetadata(existing.CachedInfo())
 	st, err := js.UpdateStream(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("eventstore: the server refused to update stream %s: %w", domain.StreamName, err)
 	}
 	return st, nil
+}
+
+// signingMetadata is the metadata of an existing stream with the signing
+// marker (MetadataSignedFrom) kept, or, if it has none (a stream written by
+// a keyd from before signing), set to the sequence after its last message:
+// the events already stored load unsigned, every later one must be signed.
+func signingMetadata(info *jetstream.StreamInfo) map[string]string {
+	md := map[string]string{}
+	var last uint64
+	if info != nil {
+		for k, v := range info.Config.Metadata {
+			md[k] = v
+		}
+		last = info.State.LastSeq
+	}
+	if SignedFromOf(jetstream.StreamConfig{Metadata: md}) == 0 {
+		md[MetadataSignedFrom] = strconv.FormatUint(last+1, 10)
+	}
+	return md
 }
 
 // attemptTimeout bounds one JetStream API request at start-up.

@@ -23,7 +23,7 @@ const (
 	AuditTable        = "audit_events"      // the audit log
 	PermissionsTable  = "permissions"       // the permission catalog
 	VerificationTable = "verification_keys" // the verifiers' snapshot
-	RolesTable        = "roles"             // the role catalog (0002_owners_roles_resources.sql)
+	RolesTable        = "roles"             // the role catalog (0004_owners_roles_resources.sql)
 )
 
 // checkpointQuery reads one projection's checkpoint.

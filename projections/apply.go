@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/migrations"
 )
 
@@ -73,13 +74,19 @@ func (e *EventError) Unwrap() error { return e.Err }
 // decoded is one record, decoded and checked, ready to apply.
 type decoded struct {
 	seq     uint64
-	raw     []byte // the envelope as stored
-	ev      domain.Event
-	key     *domain.KeyState    // key events
-	digest  []byte              // key events: the digest, decoded from hex
-	catalog []domain.Permission // catalog events: the full catalog after it
-	roles   []domain.Role       // role events: the full role catalog after it
-	role    string              // role events: the role the event changed
+	subject string
+	// rejected is why the event is set aside ("": it is not): by the
+	// stream tail (signature) or by the invariants on apply.
+	rejected       string
+	raw            []byte // the envelope as stored
+	ev             domain.Event
+	key            *domain.KeyState    // key events
+	digest         []byte              // key events: the digest, decoded from hex
+	catalog        []domain.Permission // catalog events: the full catalog after it
+	catalogVersion int64               // catalog events: the catalog's version after it
+	roles          []domain.Role       // role events: the full role catalog after it
+	role           string              // role events: the role the event changed
+	rolesVersion   int64               // role events: the role catalog's version after it
 }
 
 // decodeRecord decodes a stream record. Errors are *EventError.
@@ -91,7 +98,7 @@ func decodeRecord(r domain.Record) (decoded, error) {
 	if err != nil {
 		return fail(err)
 	}
-	d := decoded{seq: r.Sequence, raw: r.Data, ev: ev}
+	d := decoded{seq: r.Sequence, subject: r.Subject, raw: r.Data, ev: ev}
 	if r.Subject != "" {
 		if err := ev.CheckSubject(r.Subject); err != nil {
 			return fail(err)
@@ -120,15 +127,24 @@ func decodeRecord(r domain.Record) (decoded, error) {
 		if err := json.Unmarshal(ev.Data, &one); err != nil {
 			return fail(err)
 		}
-		d.roles, d.role = rc.List(), one.Role.Slug
+		d.roles, d.role, d.rolesVersion = rc.List(), one.Role.Slug, rc.Version()
 		return d, nil
 	}
 	c, err := ev.Catalog()
 	if err != nil {
 		return fail(err)
 	}
-	d.catalog = c.List()
+	d.catalog, d.catalogVersion = c.List(), c.Version()
 	return d, nil
+}
+
+// decodeDelivery decodes a delivery of the stream tail; a message the tail
+// set aside is not decoded, only carried (to advance the checkpoint).
+func decodeDelivery(d eventstore.Delivery) (decoded, error) {
+	if d.Rejected != "" {
+		return decoded{seq: d.Sequence, subject: d.Subject, rejected: d.Rejected}, nil
+	}
+	return decodeRecord(d.Record)
 }
 
 // decodeRecords decodes recs, which must be in ascending stream sequence.
@@ -160,8 +176,11 @@ type statements struct {
 	insertAudit      string
 	upsertPerms      string
 	deletePerms      string
+	keyVersions      string
+	catalogVersion   string
 	upsertRoles      string
 	effective        string
+	rolesVersion     string
 }
 
 func statementsFor(t Tables) *statements {
@@ -185,16 +204,16 @@ ON CONFLICT (key_id) DO UPDATE SET
   version = excluded.version, last_seq = excluded.last_seq, roles = excluded.roles, resources = excluded.resources
 WHERE t.last_seq < excluded.last_seq`,
 		upsertVerif: `INSERT INTO ` + id(t.Verification) + ` AS t
-  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq, roles, resources)
+  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq, roles, resources)
 SELECT u.digest, u.key_id, u.org_id, u.owner_type, u.owner_id, u.name, u.permissions::text[], u.expires_at,
-       u.status, u.metadata::jsonb, u.last_seq, u.roles::text[], u.resources::text[]
+       u.status, u.metadata::jsonb, u.version, u.last_seq, u.roles::text[], u.resources::text[]
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::text[], $13::text[])
-  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, last_seq, roles, resources)
+            $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[])
+  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq, roles, resources)
 ON CONFLICT (digest) DO UPDATE SET
   key_id = excluded.key_id, org_id = excluded.org_id, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
   name = excluded.name, permissions = excluded.permissions, expires_at = excluded.expires_at,
-  status = excluded.status, metadata = excluded.metadata, last_seq = excluded.last_seq,
+  status = excluded.status, metadata = excluded.metadata, version = excluded.version, last_seq = excluded.last_seq,
   roles = excluded.roles, resources = excluded.resources
 WHERE t.last_seq < excluded.last_seq`,
 		insertAudit: `INSERT INTO ` + id(t.Audit) + `
@@ -203,21 +222,25 @@ SELECT u.seq, u.org_id, u.key_id, u.event_id, u.type, u.occurred_at, u.envelope:
 FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
   AS u(seq, org_id, key_id, event_id, type, occurred_at, envelope)
 ON CONFLICT (seq) DO NOTHING`,
-		upsertPerms: `INSERT INTO ` + id(t.Permissions) + ` AS t (slug, description, status, last_seq)
-SELECT u.slug, u.description, u.status, $4::int8
+		upsertPerms: `INSERT INTO ` + id(t.Permissions) + ` AS t (slug, description, status, last_seq, version)
+SELECT u.slug, u.description, u.status, $4::int8, $5::int8
 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(slug, description, status)
 ON CONFLICT (slug) DO UPDATE SET
-  description = excluded.description, status = excluded.status, last_seq = excluded.last_seq
+  description = excluded.description, status = excluded.status, last_seq = excluded.last_seq, version = excluded.version
 WHERE t.last_seq < excluded.last_seq`,
+		keyVersions:    `SELECT key_id, version, status FROM ` + id(t.Keys) + ` WHERE key_id = ANY($1::text[])`,
+		catalogVersion: `SELECT coalesce(max(version), 0) FROM ` + id(t.Permissions),
 		// The catalog event carries the whole catalog: a slug missing from
 		// it is gone (the domain never removes one today).
 		deletePerms: `DELETE FROM ` + id(t.Permissions) + ` WHERE last_seq < $2::int8 AND slug <> ALL($1::text[])`,
-		upsertRoles: `INSERT INTO ` + id(t.Roles) + ` AS t (slug, description, permissions, status, last_seq)
-SELECT u.slug, u.description, u.permissions::text[], u.status, $5::int8
+		upsertRoles: `INSERT INTO ` + id(t.Roles) + ` AS t (slug, description, permissions, status, last_seq, version)
+SELECT u.slug, u.description, u.permissions::text[], u.status, $5::int8, $6::int8
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(slug, description, permissions, status)
 ON CONFLICT (slug) DO UPDATE SET
-  description = excluded.description, permissions = excluded.permissions, status = excluded.status, last_seq = excluded.last_seq
+  description = excluded.description, permissions = excluded.permissions, status = excluded.status,
+  last_seq = excluded.last_seq, version = excluded.version
 WHERE t.last_seq < excluded.last_seq`,
+		rolesVersion: `SELECT coalesce(max(version), 0) FROM ` + id(t.Roles),
 		// Effective permissions of the keys this batch touched ($1), of the
 		// holders of the roles it changed ($2, through keys_roles) and of the
 		// keys holding a permission the catalog retired ($3, through
@@ -241,12 +264,14 @@ type rows struct {
 	verif verifRows
 	audit auditRows
 
-	hasCatalog bool
-	catalogSeq int64
-	perms      permRows
+	hasCatalog     bool
+	catalogSeq     int64
+	catalogVersion int64
+	perms          permRows
 
 	hasRoles     bool
 	rolesSeq     int64
+	rolesVersion int64
 	roles        roleRows
 	changedRoles []string // slugs of the roles this batch's events changed
 	retired      []string // retired permissions, when the batch has a catalog event
@@ -269,7 +294,7 @@ type verifRows struct {
 	keyID, orgID, ownerType, ownerID, name, permissions, status []string
 	expiresAt                                                   []pgtype.Timestamptz
 	metadata                                                    []string
-	lastSeq                                                     []int64
+	version, lastSeq                                            []int64
 	roles, resources                                            []string
 }
 
@@ -292,6 +317,9 @@ func buildRows(ds []decoded) (*rows, error) {
 	lastDigest := make(map[string]int, len(ds)) // digest -> index in ds
 	lastCatalog, lastRoles := -1, -1
 	for i, d := range ds {
+		if d.rejected != "" {
+			continue
+		}
 		if d.roles != nil || d.role != "" {
 			lastRoles = i
 			rs.changedRoles = append(rs.changedRoles, d.role)
@@ -319,7 +347,7 @@ func buildRows(ds []decoded) (*rows, error) {
 		}
 	}
 	for i, d := range ds {
-		if d.key == nil {
+		if d.key == nil || d.rejected != "" {
 			continue
 		}
 		if lastDigest[string(d.digest)] == i {
@@ -333,7 +361,7 @@ func buildRows(ds []decoded) (*rows, error) {
 	}
 	if lastRoles >= 0 {
 		d := ds[lastRoles]
-		rs.hasRoles, rs.rolesSeq = true, int64(d.seq)
+		rs.hasRoles, rs.rolesSeq, rs.rolesVersion = true, int64(d.seq), d.rolesVersion
 		for _, r := range d.roles {
 			rs.roles.slug = append(rs.roles.slug, r.Slug)
 			rs.roles.description = append(rs.roles.description, r.Description)
@@ -346,7 +374,7 @@ func buildRows(ds []decoded) (*rows, error) {
 
 // setCatalog makes the catalog of catalog event d the permission rows.
 func (rs *rows) setCatalog(d decoded) {
-	rs.hasCatalog, rs.catalogSeq = true, int64(d.seq)
+	rs.hasCatalog, rs.catalogSeq, rs.catalogVersion = true, int64(d.seq), d.catalogVersion
 	for _, p := range d.catalog {
 		rs.perms.slug = append(rs.perms.slug, p.Slug)
 		rs.perms.description = append(rs.perms.description, p.Description)
@@ -398,6 +426,7 @@ func (r *verifRows) add(d decoded) error {
 	r.expiresAt = append(r.expiresAt, timestamptz(k.ExpiresAt))
 	r.status = append(r.status, k.Status)
 	r.metadata = append(r.metadata, md)
+	r.version = append(r.version, k.Version)
 	r.lastSeq = append(r.lastSeq, int64(d.seq))
 	r.roles = append(r.roles, textArrayLiteral(k.Roles))
 	r.resources = append(r.resources, textArrayLiteral(k.Resources))
@@ -422,19 +451,19 @@ func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 	}
 	if v := &rs.verif; len(v.keyID) > 0 {
 		b.Queue(stmts.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
-			v.expiresAt, v.status, v.metadata, v.lastSeq, v.roles, v.resources)
+			v.expiresAt, v.status, v.metadata, v.version, v.lastSeq, v.roles, v.resources)
 	}
 	if a := &rs.audit; len(a.seq) > 0 {
 		b.Queue(stmts.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
 	}
 	if rs.hasCatalog {
 		p := &rs.perms
-		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq)
+		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq, rs.catalogVersion)
 		b.Queue(stmts.deletePerms, p.slug, rs.catalogSeq)
 	}
 	if rs.hasRoles {
 		r := &rs.roles
-		b.Queue(stmts.upsertRoles, r.slug, r.description, r.permissions, r.status, rs.rolesSeq)
+		b.Queue(stmts.upsertRoles, r.slug, r.description, r.permissions, r.status, rs.rolesSeq, rs.rolesVersion)
 	}
 	if len(rs.keys.keyID) > 0 || len(rs.changedRoles) > 0 || len(rs.retired) > 0 {
 		b.Queue(stmts.effective, orEmptyList(rs.keys.keyID), orEmptyList(rs.changedRoles), orEmptyList(rs.retired))
@@ -471,9 +500,19 @@ func orEmptyList(ss []string) []string {
 // Errors: *EventError for an event whose rows cannot be built (nothing is
 // then applied; the caller should roll back), and Postgres errors.
 func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, error) {
+	applied, _, err := applyChecked(ctx, tx, stmts, ds)
+	return applied, err
+}
+
+// applyChecked is applyDecoded that also returns the events it set aside:
+// those the tail rejected (signature) and those that break the invariants
+// on apply (eventstore.KeyInvariant, eventstore.CatalogInvariant) against
+// the tables' state. Set-aside events change no row; the checkpoint moves
+// past them.
+func applyChecked(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, []eventstore.Rejection, error) {
 	last, err := lockCheckpoint(ctx, tx, stmts)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	i := 0
 	for i < len(ds) && ds[i].seq <= last {
@@ -481,8 +520,91 @@ func applyDecoded(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decode
 	}
 	ds = ds[i:]
 	if len(ds) == 0 {
-		return last, nil
+		return last, nil, nil
 	}
+	rejected, err := checkInvariants(ctx, tx, stmts, ds)
+	if err != nil {
+		return 0, nil, err
+	}
+	applied, err := applyRows(ctx, tx, stmts, ds)
+	return applied, rejected, err
+}
+
+// checkInvariants marks (decoded.rejected) the events of ds that break the
+// invariants on apply, given the tables' state and the events of ds before
+// them, and returns every event of ds set aside. One query for the keys of
+// the batch, one for the catalog's version.
+func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) ([]eventstore.Rejection, error) {
+	type keyAt struct {
+		version int64
+		revoked bool
+	}
+	var ids []string
+	for _, d := range ds {
+		if d.rejected == "" && d.key != nil {
+			ids = append(ids, d.key.ID)
+		}
+	}
+	keys := make(map[string]keyAt, len(ids))
+	if len(ids) > 0 {
+		rows, err := tx.Query(ctx, stmts.keyVersions, ids)
+		if err != nil {
+			return nil, fmt.Errorf("projections: reading key versions: %w", err)
+		}
+		for rows.Next() {
+			var id, status string
+			var v int64
+			if err := rows.Scan(&id, &v, &status); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("projections: reading key versions: %w", err)
+			}
+			keys[id] = keyAt{version: v, revoked: status == domain.StatusRevoked}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("projections: reading key versions: %w", err)
+		}
+	}
+	catalog, roles := int64(-1), int64(-1) // read when needed
+	var out []eventstore.Rejection
+	for i := range ds {
+		d := &ds[i]
+		switch {
+		case d.rejected != "":
+		case d.key != nil:
+			cur, known := keys[d.key.ID]
+			if d.rejected = eventstore.KeyInvariant(known, cur.version, cur.revoked, d.key.Version); d.rejected == "" {
+				keys[d.key.ID] = keyAt{version: d.key.Version, revoked: d.key.Status == domain.StatusRevoked}
+			}
+		case d.roles != nil || d.role != "":
+			if roles < 0 {
+				if err := tx.QueryRow(ctx, stmts.rolesVersion).Scan(&roles); err != nil {
+					return nil, fmt.Errorf("projections: reading the role catalog version: %w", err)
+				}
+			}
+			if d.rejected = eventstore.RoleCatalogInvariant(roles, d.rolesVersion); d.rejected == "" {
+				roles = d.rolesVersion
+			}
+		default:
+			if catalog < 0 {
+				if err := tx.QueryRow(ctx, stmts.catalogVersion).Scan(&catalog); err != nil {
+					return nil, fmt.Errorf("projections: reading the catalog version: %w", err)
+				}
+			}
+			if d.rejected = eventstore.CatalogInvariant(catalog, d.catalogVersion); d.rejected == "" {
+				catalog = d.catalogVersion
+			}
+		}
+		if d.rejected != "" {
+			out = append(out, eventstore.Rejection{Sequence: d.seq, Subject: d.subject, Reason: d.rejected})
+		}
+	}
+	return out, nil
+}
+
+// applyRows writes the events of ds not set aside and moves the checkpoint
+// to ds's last sequence.
+func applyRows(ctx context.Context, tx pgx.Tx, stmts *statements, ds []decoded) (uint64, error) {
 	rs, err := buildRows(ds)
 	if err != nil {
 		return 0, err

@@ -61,24 +61,48 @@ func (f *follower) run(ctx context.Context, tail *eventstore.Tail) error {
 	return <-readErr
 }
 
-// readBatch reads the next batch: it waits for an event, then takes more
-// until BatchSize, BatchWait, or an event delivered when the stream had no
-// more. An event that cannot be decoded ends the batch before it: the
-// batch is returned with its *EventError.
+// readBatch reads the next batch: it waits for an event, then takes every
+// event already delivered, up to BatchSize. The batch is applied at once
+// when that leaves the projector caught up (nothing more delivered, and the
+// stream held nothing after the last event when it came); otherwise it
+// keeps taking events until BatchSize or until BatchWait after its first
+// event. So a caught-up projector applies each event without waiting, and
+// one behind applies in batches that grow with its lag. (A delivery's
+// Pending alone does not say the projector is caught up: the consumer pulls
+// far ahead, so every event it receives while the projector is less than a
+// pull buffer behind says 0 pending.) An event that cannot be decoded ends
+// the batch before it: the batch is returned with its *EventError.
 func (f *follower) readBatch(ctx context.Context, tail *eventstore.Tail) (batch, error) {
 	size := f.p.batchSize()
-	b := batch{ds: make([]decoded, 0, size)}
+	b := batch{ds: make([]decoded, 0, min(size, 64))}
 	d, err := tail.Next(ctx)
 	if err != nil {
 		return b, nextError(ctx, err)
 	}
-	caughtUp, err := f.add(&b, d)
-	if err != nil || caughtUp || len(b.ds) >= size {
+	if err := f.add(&b, d); err != nil {
 		return b, err
 	}
+	pending := d.Pending
+	// Everything already delivered.
+	for len(b.ds) < size {
+		select {
+		case d := <-tail.C():
+			if err := f.add(&b, d); err != nil {
+				return b, err
+			}
+			pending = d.Pending
+			continue
+		default:
+		}
+		break
+	}
+	if pending == 0 || len(b.ds) >= size {
+		return b, nil
+	}
+	// Behind: fill the batch for up to BatchWait.
 	wctx, cancel := context.WithTimeout(ctx, f.p.batchWait())
 	defer cancel()
-	for !caughtUp && len(b.ds) < size {
+	for len(b.ds) < size {
 		d, err := tail.Next(wctx)
 		if err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
@@ -86,7 +110,7 @@ func (f *follower) readBatch(ctx context.Context, tail *eventstore.Tail) (batch,
 			}
 			return b, nextError(ctx, err)
 		}
-		if caughtUp, err = f.add(&b, d); err != nil {
+		if err := f.add(&b, d); err != nil {
 			return b, err
 		}
 	}
@@ -100,14 +124,13 @@ func nextError(ctx context.Context, err error) error {
 	return fmt.Errorf("projections: reading stream %s: %w", domain.StreamName, err)
 }
 
-// add decodes d into b and reports whether the stream had no more events
-// when d was delivered. The projector's policy on a gap: a stream that no
+// add decodes d into b. The projector's policy on a gap: a stream that no
 // longer holds the events after the checkpoint stops it (ErrGap, from the
 // tail's check of its first delivery); deleted messages are logged.
-func (f *follower) add(b *batch, d eventstore.Delivery) (caughtUp bool, err error) {
+func (f *follower) add(b *batch, d eventstore.Delivery) error {
 	if d.Gap != nil {
 		if !errors.Is(d.Gap, eventstore.ErrSkipped) {
-			return false, d.Gap
+			return d.Gap
 		}
 		f.p.log.Warn("projector: stream sequences missing (deleted messages)", "projection", f.p.tables.Checkpoint,
 			"expected", d.Expected, "got", d.Sequence)
@@ -119,13 +142,13 @@ func (f *follower) add(b *batch, d eventstore.Delivery) (caughtUp bool, err erro
 	}
 	f.p.mu.Unlock()
 
-	dec, err := decodeRecord(d.Record)
+	dec, err := decodeDelivery(d)
 	if err != nil {
-		return false, err // Run logs it and keeps it in Status
+		return err // Run logs it and keeps it in Status
 	}
 	b.ds = append(b.ds, dec)
 	b.lastTime = d.Time
-	return d.Pending == 0, nil
+	return nil
 }
 
 // flush applies b in one transaction.
@@ -134,11 +157,15 @@ func (f *follower) flush(ctx context.Context, b batch) error {
 		return nil
 	}
 	var applied uint64
+	var rejected []eventstore.Rejection
 	err := pgx.BeginFunc(ctx, f.p.pool, func(tx pgx.Tx) error {
 		var err error
-		applied, err = applyDecoded(ctx, tx, f.stmts, b.ds)
+		applied, rejected, err = applyChecked(ctx, tx, f.stmts, b.ds)
 		return err
 	})
+	if err == nil {
+		f.p.reject(rejected)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -33,6 +33,7 @@ type env struct {
 	stream jetstream.Stream
 	svc    *domain.Service
 	dg     *domain.Digester
+	w      *testworld.Events
 }
 
 func newEnv(t testing.TB) *env {
@@ -43,13 +44,25 @@ func newEnv(t testing.TB) *env {
 // DenyPurge off).
 func newEnvWithStream(t testing.TB, cfg jetstream.StreamConfig) *env {
 	t.Helper()
+	return newEnvOn(t, &cfg)
+}
+
+// newKeydEnv creates the stream as keyd does (eventstore.EnsureStream: it
+// records the signing marker, so unsigned messages are set aside).
+func newKeydEnv(t testing.TB) *env {
+	t.Helper()
+	return newEnvOn(t, nil)
+}
+
+func newEnvOn(t testing.TB, cfg *jetstream.StreamConfig) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	e := &env{t: t, ctx: ctx}
 	e.pool, e.dsn = testworld.MigratedPool(t)
 	_, e.nc = testenv.JetStream(t)
-	w := testworld.EventStreamOn(t, e.nc, &cfg)
-	e.js, e.stream = w.JS, w.Stream
+	w := testworld.EventStreamOn(t, e.nc, cfg)
+	e.js, e.stream, e.w = w.JS, w.Stream, w
 	e.svc = w.Service([]byte("projections test deployment secret"))
 	e.dg = e.svc.Digester
 	return e
@@ -68,6 +81,7 @@ func (e *env) newPool() *pgxpool.Pool {
 
 func (e *env) projector(pool *pgxpool.Pool) *Projector {
 	p := NewProjector(pool, e.js, testenv.Logger(e.t))
+	p.EventKey = testEventKey
 	p.StandbyPoll = 50 * time.Millisecond
 	return p
 }
@@ -319,3 +333,6 @@ func (e *env) history(org string, n int) []string {
 	e.retire(write)
 	return secrets
 }
+
+// testEventKey checks the events of the test worlds' stores.
+var testEventKey = testworld.Signer.PublicKey()

@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/migrations"
 )
@@ -43,6 +44,15 @@ type Projector struct {
 	StandbyPoll time.Duration
 	// Now is the clock for LagSeconds (default time.Now).
 	Now func() time.Time
+	// EventKey checks the events' signatures (required: the public key of
+	// keyd's event signer, domain.EventSigner.PublicKey). Events it does
+	// not vouch for, and events that break the invariants on apply, are set
+	// aside: not applied, not halting, logged (at most a line a second with
+	// their sequence) and passed to OnRejected.
+	EventKey domain.EventKey
+	// OnRejected, if set, receives each event set aside (for
+	// keyd_events_rejected_total). Called from the projector's goroutine.
+	OnRejected func(eventstore.Rejection)
 
 	pool   *pgxpool.Pool
 	js     jetstream.JetStream
@@ -54,6 +64,7 @@ type Projector struct {
 	oldestPending time.Time // stream time of the oldest event not yet applied (leader)
 	lockPID       uint32    // backend pid of the lock connection while leading (tests)
 	lastApply     time.Time // when a batch was last committed
+	rejectLog     rateLimited
 }
 
 // ProjectorStatus is a projector's state, for /readyz and metrics.
@@ -208,7 +219,7 @@ func (p *Projector) follow(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("projections: %w", err)
 	}
-	events, err := eventstore.OpenEvents(ctx, p.js)
+	events, err := eventstore.OpenEvents(ctx, p.js, p.EventKey)
 	if err != nil {
 		return err
 	}

@@ -125,6 +125,7 @@ func BenchmarkCatchUp(b *testing.B) {
 		b.StopTimer()
 		e.truncate()
 		p := NewProjector(e.pool, e.js, testenv.Logger(b))
+		p.EventKey = testEventKey
 		ctx, cancel := context.WithCancel(e.ctx)
 		done := make(chan error, 1)
 		b.StartTimer()

@@ -63,7 +63,12 @@ func suffixed(t Tables, suffix string) Tables {
 // fails or is cancelled leaves the live tables untouched; its _rebuild
 // tables are dropped by the next rebuild. An event that cannot be applied is
 // an *EventError: the rebuild stops without swapping.
-func Rebuild(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, progress io.Writer) error {
+//
+// key checks the events' signatures (keyd's public event key). Events it
+// does not vouch for, and events that break the invariants on apply, are set
+// aside as the projector does; each is reported on progress with its
+// sequence (the first maxRejectLines of them, then a count).
+func Rebuild(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, key domain.EventKey, progress io.Writer) error {
 	if progress == nil {
 		progress = io.Discard
 	}
@@ -91,7 +96,7 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, pr
 		return err
 	}
 
-	events, err := eventstore.OpenEvents(ctx, js)
+	events, err := eventstore.OpenEvents(ctx, js, key)
 	if err != nil {
 		return fmt.Errorf("projections: rebuild: %w", err)
 	}
@@ -134,12 +139,18 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, js jetstream.JetStream, pr
 	if err := swap(ctx, pool, rt, r.applied); err != nil {
 		return err
 	}
+	if r.rejected > maxRejectLines {
+		fmt.Fprintf(progress, "rebuild: set aside %d events in all\n", r.rejected)
+	}
 	fmt.Fprintf(progress, "rebuild: swapped in the rebuilt read models at stream sequence %d\n", r.applied)
 	if _, err := lock.Exec(ctx, `SELECT pg_advisory_unlock($1)`, advisoryLockKey); err != nil {
 		return fmt.Errorf("projections: rebuild: releasing the projector lock: %w", err)
 	}
 	return nil
 }
+
+// maxRejectLines bounds the lines a rebuild prints about events it set aside.
+const maxRejectLines = 20
 
 // prepareRebuild drops leftovers and creates the empty rebuild tables and
 // their checkpoint at 0.
@@ -173,11 +184,12 @@ type replayer struct {
 	tail  *eventstore.Tail
 	out   io.Writer
 
-	total   uint64 // events to replay, as far as known
-	done    uint64 // events replayed
-	applied uint64 // the rebuild checkpoint
-	start   time.Time
-	printed time.Time
+	total    uint64 // events to replay, as far as known
+	rejected int    // events set aside
+	done     uint64 // events replayed
+	applied  uint64 // the rebuild checkpoint
+	start    time.Time
+	printed  time.Time
 }
 
 // until replays batches until the sequence target (an existing message:
@@ -193,20 +205,27 @@ func (r *replayer) until(ctx context.Context, target uint64) error {
 			if err != nil {
 				return fmt.Errorf("projections: rebuild: reading stream %s: %w", domain.StreamName, err)
 			}
-			dec, err := decodeRecord(d.Record)
+			dec, err := decodeDelivery(d)
 			if err != nil {
 				return err
 			}
 			batch = append(batch, dec)
 			caughtUp = d.Sequence >= target || d.Pending == 0
 		}
+		var rejected []eventstore.Rejection
 		err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
 			var err error
-			r.applied, err = applyDecoded(ctx, tx, r.stmts, batch)
+			r.applied, rejected, err = applyChecked(ctx, tx, r.stmts, batch)
 			return err
 		})
 		if err != nil {
 			return fmt.Errorf("projections: rebuild: %w", err)
+		}
+		for _, rj := range rejected {
+			r.rejected++
+			if r.rejected <= maxRejectLines {
+				fmt.Fprintf(r.out, "rebuild: set aside the event at sequence %d (subject %s): %s\n", rj.Sequence, rj.Subject, rj.Reason)
+			}
 		}
 		r.done += uint64(len(batch))
 		clear(batch)

@@ -80,7 +80,7 @@ func TestRebuild(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
-	if err := Rebuild(ctx, e.pool, e.js, &out); err != nil {
+	if err := Rebuild(ctx, e.pool, e.js, testEventKey, &out); err != nil {
 		t.Fatalf("Rebuild: %v\n%s", err, out.String())
 	}
 	if after := e.dump(DefaultTables); after != before {
@@ -131,7 +131,7 @@ func TestRebuild(t *testing.T) {
 	}()
 	time.Sleep(50 * time.Millisecond)
 	out.Reset()
-	err := Rebuild(ctx, e.pool, e.js, &out)
+	err := Rebuild(ctx, e.pool, e.js, testEventKey, &out)
 	close(stop)
 	wg.Wait()
 	if err != nil || werr != nil {
@@ -178,7 +178,7 @@ func TestRebuildLeavesTheLiveTablesAloneOnFailure(t *testing.T) {
 	ctx, cancel := context.WithTimeout(e.ctx, time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	err := Rebuild(ctx, e.pool, e.js, &out)
+	err := Rebuild(ctx, e.pool, e.js, testEventKey, &out)
 	var ee *EventError
 	if !errors.As(err, &ee) || ee.Seq != e.lastSeq() {
 		t.Fatalf("Rebuild = %v, want an *EventError at %d", err, e.lastSeq())
@@ -189,7 +189,7 @@ func TestRebuildLeavesTheLiveTablesAloneOnFailure(t *testing.T) {
 
 	// A later rebuild drops the leftovers of the failed one (and fails
 	// again here, at the same event).
-	if err := Rebuild(ctx, e.pool, e.js, &out); !errors.As(err, &ee) {
+	if err := Rebuild(ctx, e.pool, e.js, testEventKey, &out); !errors.As(err, &ee) {
 		t.Fatalf("second Rebuild = %v", err)
 	}
 }
@@ -205,7 +205,7 @@ func TestOnlyOneRebuildAtATime(t *testing.T) {
 	if _, err := conn.Exec(e.ctx, `SELECT pg_advisory_lock($1)`, rebuildLockKey); err != nil {
 		t.Fatal(err)
 	}
-	err = Rebuild(e.ctx, e.pool, e.js, nil)
+	err = Rebuild(e.ctx, e.pool, e.js, testEventKey, nil)
 	if err == nil || !strings.Contains(err.Error(), "another rebuild is running") {
 		t.Errorf("Rebuild while another runs = %v", err)
 	}
@@ -213,7 +213,7 @@ func TestOnlyOneRebuildAtATime(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An empty stream rebuilds to empty tables at checkpoint 0.
-	if err := Rebuild(e.ctx, e.pool, e.js, nil); err != nil {
+	if err := Rebuild(e.ctx, e.pool, e.js, testEventKey, nil); err != nil {
 		t.Fatalf("Rebuild of an empty stream: %v", err)
 	}
 	if got := e.checkpoint("read_models"); got != 0 {

@@ -3,11 +3,12 @@ package verifier
 import (
 	"encoding/hex"
 	"fmt"
-	"maps"
+	"math"
 	"slices"
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
 )
 
 // applier owns the key state while it changes: it is used by one goroutine
@@ -17,20 +18,20 @@ type applier struct {
 	v       *Verifier
 	in      *interner
 	retired map[string]struct{} // retired catalog permissions
+	catalog int64               // the catalog's version (invariants on apply)
 	applied uint64              // last stream sequence applied
 	keys    int
-	// roles is the role catalog; holders indexes the grants holding each
-	// role, so a role change recomputes exactly those.
-	roles   map[string]roleState
-	holders map[string][]*permSet
+	// roles is the role catalog, at version rolesVersion (invariants on
+	// apply); holders indexes the grants holding each role, so a role
+	// change recomputes exactly those.
+	roles        map[string]roleState
+	rolesVersion int64
+	holders      map[string][]*permSet
 
-	// While booting, keys go into private tables, published at once when
-	// the verifier has caught up.
-	work *[nShards]table
-	// After boot, a shard that gains keys is copied once per batch and
-	// published at the end of the batch.
-	fresh   [nShards]table
-	touched []int
+	// While booting, keys go into a private table, published at once when
+	// the verifier has caught up; after boot, into the live table (see
+	// table.go).
+	work *keyTable
 }
 
 func newApplier(v *Verifier) *applier {
@@ -43,136 +44,141 @@ func newApplier(v *Verifier) *applier {
 func (a *applier) reset() {
 	a.in = newInterner()
 	a.retired = map[string]struct{}{}
+	a.catalog = 0
 	a.roles = map[string]roleState{}
 	a.holders = map[string][]*permSet{}
-	a.work = new([nShards]table)
+	a.rolesVersion = 0
+	a.work = newKeyTable()
 	a.applied = 0
 	a.keys = 0
 }
 
-// presize makes the (booting) tables ready for n keys.
+// presize makes the (booting) table ready for n keys.
 func (a *applier) presize(n int) {
-	per := n / nShards
-	if per < 8 {
-		return
+	if a.work != nil {
+		a.work.reserve(n)
 	}
-	per += per / 8 // the shards' counts vary
-	for s := range a.work {
-		if a.work[s] == nil {
-			a.work[s] = make(table, per)
-		}
+}
+
+// table is the table the applier writes: the private one while booting,
+// else the live one.
+func (a *applier) table() *keyTable {
+	if a.work != nil {
+		return a.work
 	}
+	return a.v.keys
 }
 
 // put stores ent as the state of the key with digest d.
 func (a *applier) put(d domain.Digest, ent *entry) {
-	s := shardOf(&d)
-	var t table
-	if a.work != nil {
-		t = a.work[s]
-		if t == nil {
-			t = make(table)
-			a.work[s] = t
-		}
-	} else if t = a.fresh[s]; t == nil {
-		cur := *a.v.keys.shards[s].Load()
-		if sl := cur[d]; sl != nil {
-			a.store(sl, ent)
-			return
-		}
-		t = maps.Clone(cur)
-		if t == nil {
-			t = make(table)
-		}
-		a.fresh[s] = t
-		a.touched = append(a.touched, s)
-	}
-	if sl := t[d]; sl != nil {
+	t := a.table()
+	if sl := t.lookup(&d); sl != nil {
 		a.store(sl, ent)
 		return
 	}
-	t[d] = newSlot(ent)
+	t.insert(newSlot(&d, ent))
 	a.keys++
 }
 
-// store replaces the state in an existing slot by a copy of ent.
+// store replaces the state in an existing slot by a copy of ent, and
+// releases the metadata the old state held.
 func (a *applier) store(sl *slot, ent *entry) {
-	if old := sl.state.Load(); old.id() != ent.id() {
+	old := sl.state.Load()
+	if old.id() != ent.id() {
 		// Two keys with one digest: impossible short of a broken
 		// digester. Keep the first key; say so.
 		a.v.log.Error("verifier: two keys have the same digest; keeping the first",
 			"first", old.id(), "second", ent.id())
+		a.in.releaseMeta(ent.meta)
 		return
 	}
 	n := *ent
 	sl.state.Store(&n)
+	a.in.releaseMeta(old.meta)
 }
 
-// commit publishes the shards copied in this batch.
-func (a *applier) commit() {
-	for _, s := range a.touched {
-		t := a.fresh[s]
-		a.v.keys.shards[s].Store(&t)
-		a.fresh[s] = nil
+// current returns the state the applier holds for digest d (nil: none).
+func (a *applier) current(d *domain.Digest) *entry {
+	if sl := a.table().lookup(d); sl != nil {
+		return sl.state.Load()
 	}
-	a.touched = a.touched[:0]
+	return nil
+}
+
+// commit ends a batch: new keys are in the live table as soon as inserted
+// (see table.go); this publishes the count.
+func (a *applier) commit() {
 	a.v.nkeys.Store(int64(a.keys))
 }
 
-// publishWork publishes the tables built while booting.
+// publishWork publishes the table built while booting.
 func (a *applier) publishWork() {
-	for s, t := range a.work {
-		if t == nil {
-			a.v.keys.shards[s].Store(&emptyTable)
-		} else {
-			a.v.keys.shards[s].Store(&t)
-		}
-	}
+	a.v.keys.adopt(a.work)
 	a.work = nil
 	a.v.nkeys.Store(int64(a.keys))
 }
 
-// apply applies one event, stored on subject. Errors describe an event that
-// cannot be applied.
-func (a *applier) apply(subject string, data []byte) error {
+// apply applies one event, stored on subject. An event that breaks the
+// invariants on apply (eventstore.KeyInvariant, CatalogInvariant) is not
+// applied: rejected says why. Errors describe an event that cannot be
+// applied.
+func (a *applier) apply(subject string, data []byte) (rejected string, err error) {
 	ev, err := domain.DecodeEvent(data)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if err := ev.CheckSubject(subject); err != nil {
-		return err
+		return "", err
 	}
 	if ev.IsKeyEvent() {
 		k, err := ev.KeyState()
 		if err != nil {
-			return err
+			return "", err
 		}
 		var d domain.Digest
 		if len(k.Digest) != 2*len(d) {
-			return fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
+			return "", fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
 		}
 		if _, err := hex.Decode(d[:], []byte(k.Digest)); err != nil {
-			return fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
+			return "", fmt.Errorf("event %s carries no valid digest for key %s", ev.ID, k.ID)
+		}
+		cur := a.current(&d)
+		known := cur != nil && cur.id() == k.ID
+		var version int64
+		var revoked bool
+		if known {
+			version, revoked = int64(cur.version), cur.revoked
+		}
+		if why := eventstore.KeyInvariant(known, version, revoked, k.Version); why != "" {
+			return why, nil
 		}
 		ps := a.grantSlices(k.Permissions, k.Roles, k.Resources)
 		ent := a.in.entryFromKey(&k, ps)
 		a.put(d, &ent)
-		return nil
+		return "", nil
 	}
 	if ev.IsRoleEvent() {
 		rc, err := ev.RoleCatalog()
 		if err != nil {
-			return err
+			return "", err
 		}
+		if why := eventstore.RoleCatalogInvariant(a.rolesVersion, rc.Version()); why != "" {
+			return why, nil
+		}
+		a.rolesVersion = rc.Version()
 		a.setRoles(rc.List())
-		return nil
+		return "", nil
 	}
 	c, err := ev.Catalog()
 	if err != nil {
-		return err
+		return "", err
 	}
+	if why := eventstore.CatalogInvariant(a.catalog, c.Version()); why != "" {
+		return why, nil
+	}
+	a.catalog = c.Version()
 	a.setCatalog(c.List())
-	return nil
+	return "", nil
 }
 
 // setCatalog takes the catalog after a catalog event. Newly retired
@@ -261,7 +267,7 @@ func (a *applier) index(ps *permSet) {
 	}
 }
 
-// loadRow adds one row of snapshotQuery to the (private, booting) tables.
+// loadRow adds one row of snapshotQuery to the (private, booting) table.
 func (a *applier) loadRow(vals [][]byte) error {
 	if len(vals) != snapshotColumns {
 		return fmt.Errorf("%d columns, want %d", len(vals), snapshotColumns)
@@ -289,9 +295,14 @@ func (a *applier) loadRow(vals [][]byte) error {
 	ent := entry{
 		text:    text,
 		org:     a.in.orgOf(vals[2], vals[3], vals[4]),
-		perms:   a.grantRaw(vals[6], vals[10], vals[11]),
+		perms:   a.grantRaw(vals[6], vals[11], vals[12]),
 		meta:    emptyMetadata,
 		revoked: string(vals[8]) == domain.StatusRevoked,
+	}
+	if v, ok := parseInt(vals[10]); ok && v >= 0 && v <= math.MaxUint32 {
+		ent.version = uint32(v)
+	} else {
+		return fmt.Errorf("version %q is not a key version", vals[10])
 	}
 	if vals[7] != nil {
 		us, ok := parseInt(vals[7])

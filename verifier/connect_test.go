@@ -15,7 +15,7 @@ func TestConnect(t *testing.T) {
 	e.project()
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	v, err := Connect(ctx, e.srv.ClientURL(), e.dsn, testSecret, WithLogger(e.log), WithMaxStaleness(5*time.Second))
+	v, err := Connect(ctx, e.srv.ClientURL(), e.dsn, domain.NewVerifierCredential(testSecret).String(), WithLogger(e.log), WithMaxStaleness(5*time.Second))
 	cancel() // bounds the boot only
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +44,7 @@ func TestConnect(t *testing.T) {
 		t.Error("Close left the NATS connection open")
 	}
 
-	if _, err := Connect(t.Context(), e.srv.ClientURL(), "", nil); err == nil {
-		t.Error("Connect without a deployment secret: no error")
+	if _, err := Connect(t.Context(), e.srv.ClientURL(), "", ""); err == nil {
+		t.Error("Connect without a verifier credential: no error")
 	}
 }

@@ -20,7 +20,7 @@ func Example() {
 	v, err := verifier.Connect(ctx,
 		"nats://127.0.0.1:4222",                                   // keyd's NATS
 		"postgres://postgres@127.0.0.1:5432/keyd?sslmode=disable", // keyd's database
-		[]byte(os.Getenv("KEYD_SECRET")),                          // keyd's deployment secret
+		os.Getenv("KEYD_VERIFIER_CREDENTIAL"),                     // from keyd verifier-credential: no KEYD_SECRET
 		verifier.WithMaxStaleness(30*time.Second))
 	if err != nil {
 		log.Fatal(err)

@@ -22,7 +22,7 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-var testSecret = []byte("verifier test deployment secret")
+var testSecret = testworld.Secret // digests and event signatures
 
 // env is one test's world: a fresh database with keyd's schema, a JetStream
 // server with KEYD_EVENTS, and the command side (domain.Service) on it.
@@ -37,6 +37,7 @@ type env struct {
 	dig  *domain.Digester
 	svc  *domain.Service
 	log  *slog.Logger
+	w    *testworld.Events
 }
 
 func newEnv(t *testing.T) *env {
@@ -52,10 +53,20 @@ func newEnvOn(t *testing.T, srv *server.Server, nc *nats.Conn, streamCfg *jetstr
 	e := &env{t: t, ctx: t.Context(), srv: srv, nc: nc, log: testenv.Logger(t)}
 	e.pool, e.dsn = testworld.MigratedPool(t)
 	w := testworld.EventStreamOn(t, nc, streamCfg)
-	e.js = w.JS
+	e.js, e.w = w.JS, w
 	e.svc = w.Service(testSecret)
 	e.dig = e.svc.Digester
 	return e
+}
+
+// publish stores data on subject as a plain NATS client would: signed by
+// signer (nil: unsigned), unguarded.
+func (e *env) publish(subject string, data []byte, signer *domain.EventSigner) (*jetstream.PubAck, error) {
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	if signer != nil {
+		m.Header.Set(domain.SignatureHeader, signer.Sign(subject, data))
+	}
+	return e.js.PublishMsg(e.ctx, m)
 }
 
 // streamLast returns the stream's last sequence.
@@ -78,6 +89,7 @@ func (e *env) project() uint64 {
 	e.t.Helper()
 	want := e.streamLast()
 	p := projections.NewProjector(e.pool, e.js, e.log)
+	p.EventKey = testworld.Signer.PublicKey()
 	ctx, cancel := context.WithCancel(e.ctx)
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
@@ -106,7 +118,7 @@ func withClock(now func() time.Time) cfgOpt { return func(c *Config) { c.Now = n
 
 // config returns a verifier configuration for this env.
 func (e *env) config(opts ...cfgOpt) Config {
-	c := Config{Pool: e.pool, JS: e.js, Conn: e.nc, Digester: e.dig, Log: e.log, LastUsedInterval: -1}
+	c := Config{Pool: e.pool, JS: e.js, Conn: e.nc, Digester: e.dig, EventKey: testworld.Signer.PublicKey(), Log: e.log, LastUsedInterval: -1}
 	for _, o := range opts {
 		o(&c)
 	}

@@ -1,59 +1,18 @@
 package verifier
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"maps"
+	"math"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/keyd-dev/keyd/domain"
 )
-
-// The in-memory key table: digest → slot, split into nShards maps by the
-// first bytes of the digest (HMAC output, so uniformly spread). Each shard is
-// an atomic pointer to an immutable map: readers load it without a lock; the
-// one applier goroutine replaces a shard by a copy when it adds keys. A key's
-// digest never changes, so a key keeps its slot for life: every later event
-// of the key just stores a new immutable state into the slot, without
-// copying any map.
-const (
-	shardBits = 10
-	nShards   = 1 << shardBits
-)
-
-type table = map[domain.Digest]*slot
-
-// emptyTable is what every shard holds until it has keys. Never written.
-var emptyTable = table{}
-
-func shardOf(d *domain.Digest) int {
-	return int(binary.LittleEndian.Uint16(d[:2]) & (nShards - 1))
-}
-
-// slot is one key's place in the table. state is replaced whole by the
-// applier; lastUsed and queued are written by Verify (see lastused.go).
-type slot struct {
-	state    atomic.Pointer[entry]
-	lastUsed atomic.Int64 // unix milliseconds of the last valid verification; 0: none
-	queued   atomic.Bool  // in the last-used queue, not yet flushed
-}
-
-// slotWithState is how a slot is allocated: with its first state right
-// behind it, so a verification touches one place in memory after the map
-// (most keys never change). A later state is allocated on its own.
-type slotWithState struct {
-	slot
-	first entry
-}
-
-func newSlot(ent *entry) *slot {
-	s := &slotWithState{first: *ent}
-	s.state.Store(&s.first)
-	return &s.slot
-}
 
 // entry is what a verification answers about a key (not domain.KeyState:
 // the key's full state), compact (56 bytes): the key id and name share one string, and the organization and
@@ -67,6 +26,9 @@ type entry struct {
 	expires *time.Time // nil: never
 	meta    map[string]string
 	revoked bool
+	// version is the key's version (domain.KeyState.Version) for the
+	// invariants on apply; it fits in the struct's padding.
+	version uint32
 }
 
 // keyIDLen is the length of every key id: "key_" and a ULID.
@@ -114,24 +76,6 @@ func (e *entry) info() KeyInfo {
 	}
 }
 
-// keyTable is the published table.
-type keyTable struct {
-	shards [nShards]atomic.Pointer[table]
-}
-
-func newKeyTable() *keyTable {
-	t := &keyTable{}
-	for i := range t.shards {
-		t.shards[i].Store(&emptyTable)
-	}
-	return t
-}
-
-// lookup returns the slot of d, or nil. It does not allocate.
-func (t *keyTable) lookup(d *domain.Digest) *slot {
-	return (*t.shards[shardOf(d)].Load())[*d]
-}
-
 // Shared read-only values for keys without permissions or metadata: the
 // contract's JSON has [] and {}, never null.
 var (
@@ -143,13 +87,28 @@ var (
 // metadata maps between keys, so that a million keys of a few organizations
 // and a few permission sets cost little more than their ids and names. Only
 // the applier uses it.
+//
+// Metadata maps are reference-counted (M2: a tenant that changes one key's
+// metadata again and again must not grow every verifier): each entry that
+// holds a map counts once, the applier releases an entry's map when the
+// entry is replaced, and a map no entry holds leaves the table. Its size is
+// bounded by the live keys, not by the number of updates.
 type interner struct {
-	strs  map[string]string
-	orgs  map[string]*orgRef
-	perms map[string]*permSet          // own permissions, roles and resources, each joined by "," (as given), joined by ";" → grant
-	meta  map[string]map[string]string // JSON text → map
-	buf   []byte
+	strs     map[string]string
+	orgs     map[string]*orgRef
+	perms    map[string]*permSet          // own permissions, roles and resources, each joined by "," (as given), joined by ";" → grant
+	meta     map[string]map[string]string // JSON text → map
+	metaRefs map[unsafe.Pointer]*metaRef  // a map of meta → its key there and its holders
+	buf      []byte
 }
+
+type metaRef struct {
+	key  string
+	refs int
+}
+
+// mapID identifies a map by its header (stable for the map's life).
+func mapID(m map[string]string) unsafe.Pointer { return reflect.ValueOf(m).UnsafePointer() }
 
 // emptyPermSet is the grant of keys given nothing: never recomputed.
 var emptyPermSet = func() *permSet {
@@ -160,10 +119,11 @@ var emptyPermSet = func() *permSet {
 
 func newInterner() *interner {
 	return &interner{
-		strs:  map[string]string{},
-		orgs:  map[string]*orgRef{},
-		perms: map[string]*permSet{},
-		meta:  map[string]map[string]string{},
+		strs:     map[string]string{},
+		orgs:     map[string]*orgRef{},
+		perms:    map[string]*permSet{},
+		meta:     map[string]map[string]string{},
+		metaRefs: map[unsafe.Pointer]*metaRef{},
 	}
 }
 
@@ -255,9 +215,11 @@ func orEmpty(ss []string) []string {
 	return slices.Clip(ss)
 }
 
-// metadataJSON returns the shared map for a JSON object of strings.
+// metadataJSON returns the shared map for a JSON object of strings, held
+// once more (release it when the entry holding it goes).
 func (in *interner) metadataJSON(text []byte) (map[string]string, error) {
 	if m, ok := in.meta[string(text)]; ok {
+		in.metaRefs[mapID(m)].refs++
 		return m, nil
 	}
 	var m map[string]string
@@ -265,13 +227,13 @@ func (in *interner) metadataJSON(text []byte) (map[string]string, error) {
 		return nil, err
 	}
 	if len(m) == 0 {
-		m = emptyMetadata
+		return emptyMetadata, nil
 	}
-	in.meta[string(text)] = m
-	return m, nil
+	return in.keepMeta(string(text), m), nil
 }
 
-// metadataMap returns the shared map equal to m (which the interner may keep).
+// metadataMap returns the shared map equal to m (which the interner may
+// keep), held once more (see metadataJSON).
 func (in *interner) metadataMap(m map[string]string) map[string]string {
 	if len(m) == 0 {
 		return emptyMetadata
@@ -281,11 +243,37 @@ func (in *interner) metadataMap(m map[string]string) map[string]string {
 		return maps.Clone(m)
 	}
 	if c, ok := in.meta[string(text)]; ok {
+		in.metaRefs[mapID(c)].refs++
 		return c
 	}
-	in.meta[string(text)] = m
+	return in.keepMeta(string(text), m)
+}
+
+func (in *interner) keepMeta(key string, m map[string]string) map[string]string {
+	in.meta[key] = m
+	in.metaRefs[mapID(m)] = &metaRef{key: key, refs: 1}
 	return m
 }
+
+// releaseMeta drops one hold on m (from metadataJSON or metadataMap); the
+// table forgets m when nothing holds it.
+func (in *interner) releaseMeta(m map[string]string) {
+	if len(m) == 0 {
+		return
+	}
+	id := mapID(m)
+	r := in.metaRefs[id]
+	if r == nil {
+		return // not interned (a clone)
+	}
+	if r.refs--; r.refs <= 0 {
+		delete(in.meta, r.key)
+		delete(in.metaRefs, id)
+	}
+}
+
+// metaSize is the number of metadata maps the table holds.
+func (in *interner) metaSize() int { return len(in.meta) }
 
 // entryFromKey builds the state of a key from the full state an event
 // carries (whose id DecodeEvent checked).
@@ -296,6 +284,7 @@ func (in *interner) entryFromKey(k *domain.KeyState, perms *permSet) entry {
 		perms:   perms,
 		meta:    in.metadataMap(k.Metadata),
 		revoked: k.Status == domain.StatusRevoked,
+		version: uint32(min(max(k.Version, 0), math.MaxUint32)),
 	}
 	if k.ExpiresAt != nil {
 		t := k.ExpiresAt.UTC()

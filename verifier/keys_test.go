@@ -10,14 +10,17 @@ import (
 )
 
 // TestSizes guards the memory per key: a slot with its first state is one
-// 80-byte allocation.
+// 128-byte allocation (a size class: 128-byte aligned), plus a 16-byte cell.
 func TestSizes(t *testing.T) {
 	t.Parallel()
 	if got := unsafe.Sizeof(entry{}); got != 56 {
 		t.Errorf("entry is %d bytes, want 56", got)
 	}
-	if got := unsafe.Sizeof(slotWithState{}); got != 80 {
-		t.Errorf("slotWithState is %d bytes, want 80", got)
+	if got := unsafe.Sizeof(slotWithState{}); got != 128 {
+		t.Errorf("slotWithState is %d bytes, want 128", got)
+	}
+	if got := unsafe.Sizeof(cell{}); got != 16 {
+		t.Errorf("cell is %d bytes, want 16", got)
 	}
 }
 

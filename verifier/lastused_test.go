@@ -130,6 +130,60 @@ func TestOnLastUsed(t *testing.T) {
 	}
 }
 
+// TestLastUsedResolution: a key verified twice within the resolution is
+// written once; verified again once the resolution has passed since its
+// recorded use, it is written again, with the later time. The default
+// resolution is a minute.
+func TestLastUsedResolution(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	k := e.create("org_1", domain.CreateKey{})
+	for _, c := range []struct {
+		name       string
+		resolution time.Duration
+		window     time.Duration // what the resolution is in effect
+	}{
+		{"10s", 10 * time.Second, 10 * time.Second},
+		{"default", 0, DefaultLastUsedResolution},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var clock fakeClock
+			t0 := time.Date(2030, 5, 1, 12, 0, 0, 0, time.UTC)
+			clock.Set(t0)
+			var writes []LastUsed
+			v := e.verifier(withoutPool, withClock(clock.Now), func(cfg *Config) {
+				cfg.LastUsedResolution = c.resolution
+				cfg.OnLastUsed = func(_ context.Context, used []LastUsed) error {
+					writes = append(writes, used...)
+					return nil
+				}
+			})
+			step := func(at time.Time, want []time.Time) {
+				t.Helper()
+				clock.Set(at)
+				verify(t, v, k.Secret)
+				writes = nil
+				if err := v.FlushLastUsed(e.ctx); err != nil {
+					t.Fatal(err)
+				}
+				if len(writes) != len(want) {
+					t.Fatalf("at +%s: writes %v, want %v", at.Sub(t0), writes, want)
+				}
+				for i, w := range writes {
+					if w.KeyID != k.Key.ID || !w.At.Equal(want[i]) {
+						t.Fatalf("at +%s: writes %v, want %v", at.Sub(t0), writes, want)
+					}
+				}
+			}
+			step(t0, []time.Time{t0})
+			step(t0.Add(c.window/2), nil)                         // within the window: no write
+			step(t0.Add(c.window-time.Millisecond), nil)          // still within
+			step(t0.Add(c.window), []time.Time{t0.Add(c.window)}) // the window has passed
+			step(t0.Add(c.window+time.Second), nil)
+		})
+	}
+}
+
 // TestLastUsedBackground: the background flusher writes within the interval.
 func TestLastUsedBackground(t *testing.T) {
 	t.Parallel()

@@ -29,7 +29,7 @@ func (v *Verifier) run(ctx context.Context) {
 }
 
 func (v *Verifier) follow(ctx context.Context) error {
-	events, err := eventstore.OpenEvents(ctx, v.cfg.JS)
+	events, err := eventstore.OpenEvents(ctx, v.cfg.JS, v.cfg.EventKey)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		return fmt.Errorf("verifier: the stream %s does not exist (keyd creates it when it starts)", domain.StreamName)
 	}
@@ -187,8 +187,12 @@ func (v *Verifier) consume(ctx context.Context, events *eventstore.Events, a *ap
 				v.log.Warn("verifier: the stream skipped sequences (deleted messages?)", "after", a.applied, "next", d.Sequence)
 			}
 			first = false
-			if err := a.apply(d.Subject, d.Data); err != nil {
+			if d.Rejected != "" {
+				v.reject(eventstore.Rejection{Sequence: d.Sequence, Subject: d.Subject, Reason: d.Rejected})
+			} else if why, err := a.apply(d.Subject, d.Data); err != nil {
 				v.fail(d.Sequence, d.Subject, err)
+			} else if why != "" {
+				v.reject(eventstore.Rejection{Sequence: d.Sequence, Subject: d.Subject, Reason: why})
 			}
 			a.applied = d.Sequence
 			caughtUp = d.Pending == 0
@@ -232,6 +236,28 @@ func (v *Verifier) fail(seq uint64, subject string, err error) {
 	v.failed.CompareAndSwap(nil, &failure{err})
 	v.log.Error("verifier: cannot apply an event; answering unavailable from now on", "sequence", seq, "subject", subject, "err", err)
 }
+
+// reject records an event set aside: not keyd's (its signature), or
+// breaking its aggregate's history (invariants on apply). The verifier
+// keeps vouching for keys: the event is simply not applied. Counted by
+// Config.OnRejected and in Rejected; logged at most once a second.
+func (v *Verifier) reject(r eventstore.Rejection) {
+	v.rejected.Add(1)
+	if v.cfg.OnRejected != nil {
+		v.cfg.OnRejected(r)
+	}
+	now := time.Now().UnixNano()
+	last := v.lastRejectLog.Load()
+	if now-last < int64(time.Second) || !v.lastRejectLog.CompareAndSwap(last, now) {
+		return
+	}
+	v.log.Warn("verifier: set aside an event keyd did not sign or that breaks its aggregate's history; not applied",
+		"sequence", r.Sequence, "subject", r.Subject, "reason", r.Reason, "set_aside_total", v.rejected.Load())
+}
+
+// Rejected returns how many events the verifier has set aside since it
+// started (see Config.OnRejected).
+func (v *Verifier) Rejected() uint64 { return v.rejected.Load() }
 
 // consumeError logs consumer problems, at most every 10 seconds. The
 // ordered consumer recreates itself; staleness (staleness.go) decides

@@ -29,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/eventstore"
 )
 
 // Verification codes, the contract's closed set.
@@ -44,8 +45,9 @@ const (
 
 // Defaults of Config.
 const (
-	DefaultMaxStaleness     = 30 * time.Second
-	DefaultLastUsedInterval = 2 * time.Second
+	DefaultMaxStaleness       = 30 * time.Second
+	DefaultLastUsedInterval   = 2 * time.Second
+	DefaultLastUsedResolution = time.Minute
 )
 
 // Result is a verification verdict; its JSON is the contract's verify reply:
@@ -100,7 +102,7 @@ type LastUsed struct {
 	At    time.Time
 }
 
-// Config configures a Verifier. JS and Digester are required.
+// Config configures a Verifier. JS, Digester and EventKey are required.
 type Config struct {
 	// Pool is the Postgres database of keyd's read models. The verifier
 	// boots from its verification snapshot and writes keys' last_used_at
@@ -114,12 +116,22 @@ type Config struct {
 	// Digester computes keyed digests with the deployment secret; it must
 	// be the one keyd's command side uses.
 	Digester *domain.Digester
+	// EventKey is keyd's public event key (a verifier credential's, or
+	// domain.EventSigner.PublicKey in keyd's own processes): events it does
+	// not vouch for are set aside (never applied, never halting), as are
+	// events that break a key's or the catalog's history (a version that
+	// is not the last + 1, a change to a revoked key).
+	EventKey domain.EventKey
+	// OnRejected, if set, receives each event set aside (for
+	// keyd_events_rejected_total). Called from the stream follower.
+	OnRejected func(eventstore.Rejection)
 	// Now is the clock for expiry and last-use times, for tests; leave it
-	// nil in production. Nil: the real clock, read once per verification
-	// for staleness, expiry and last use together (the path the benchmarks
-	// measure). A non-nil Now, even time.Now, costs a second clock read per
-	// verification of a found key. Staleness is measured on the monotonic
-	// clock, not with Now.
+	// nil in production. Nil: a coarse clock the verifier keeps (renewed
+	// every millisecond while verifications happen), with the real clock
+	// deciding expiries within a second of now and staleness near the
+	// bound (see clock.go; the path the benchmarks measure). A non-nil Now,
+	// even time.Now, costs two clock reads per verification of a found
+	// key. Staleness is measured on the monotonic clock, not with Now.
 	Now func() time.Time
 	// MaxStaleness is how long the verifier may be cut off from the stream
 	// before Verify answers unavailable (0: DefaultMaxStaleness).
@@ -134,13 +146,20 @@ type Config struct {
 	// LastUsedInterval is how often last uses are flushed (0:
 	// DefaultLastUsedInterval; negative: only by FlushLastUsed).
 	LastUsedInterval time.Duration
+	// LastUsedResolution is how precisely a key's last use is kept: a
+	// key's use is recorded again (and so written again) only once this
+	// much time has passed since its last recorded use, so a key is
+	// written at most once per resolution however often it is verified
+	// (0: DefaultLastUsedResolution, one minute, what a person reads as
+	// "last used 3 minutes ago"; negative: every use, to the millisecond).
+	LastUsedResolution time.Duration
 }
 
 // Verifier is an in-memory projection of the key state that answers
 // verifications. Build it with New (or Connect), then Start it. Its methods
 // are safe for concurrent use, except that Close must not race with Start.
 type Verifier struct {
-	// realClock: Config.Now is nil, so one clock read serves a
+	// realClock: Config.Now is nil, so the coarse clock serves a
 	// verification's expiry, last use and staleness checks.
 	realClock    bool
 	cfg          Config
@@ -165,7 +184,10 @@ type Verifier struct {
 	stream         atomic.Pointer[jetstream.Stream]
 	progress       atomic.Uint64 // applied sequence while booting
 	lastConsumeLog atomic.Int64
+	lastRejectLog  atomic.Int64
+	rejected       atomic.Uint64
 	used           usedQueue
+	coarse         coarseClock // Verify's clock when realClock
 
 	// Lifecycle.
 	started   atomic.Bool
@@ -222,7 +244,9 @@ func New(cfg Config) *Verifier {
 	v.probeEvery = min(max(v.maxStaleness/5, 10*time.Millisecond), 2*time.Second)
 	v.heartbeat = min(max(v.maxStaleness/3, 500*time.Millisecond), time.Second) // the client allows 500ms-30s
 	v.contact.init()
-	v.used.init(v.trackingLastUse())
+	v.coarse.set(&v.contact, time.Now())
+	v.coarse.idle.Store(true)
+	v.used.init(v.trackingLastUse(), cfg.LastUsedResolution)
 	return v
 }
 
@@ -261,6 +285,9 @@ func (v *Verifier) start(bootCtx, runCtx context.Context) error {
 	wg.Go(func() { v.run(runCtx) })
 	wg.Go(func() { v.probeLoop(runCtx) })
 	wg.Go(func() { v.flushLoop(runCtx) })
+	if v.realClock {
+		wg.Go(func() { v.clockLoop(runCtx) })
+	}
 	go func() { wg.Wait(); close(v.done) }()
 	select {
 	case <-v.readyCh:
@@ -331,17 +358,25 @@ func (v *Verifier) VerifyResource(ctx context.Context, secret, resource string, 
 		}
 	}
 	seq := v.applied.Load() // before the lookup: the state read is at least this new
-	var now time.Time
+	// The clock: the coarse one (see clock.go) in production, read without
+	// serializing the CPU, the real one where it could matter; or Now.
+	var wall int64 // Unix ns
 	var mono time.Duration
+	exact := false
 	if v.realClock {
-		// One clock read (reads of the clock serialize the CPU's memory
-		// accesses, which costs more than the read itself on the hot path).
-		now = time.Now()
-		mono = v.contact.at(now)
+		if v.coarse.idle.Load() {
+			// The first verification since a tick: the coarse clock
+			// may be an idle tick old.
+			v.coarse.idle.Store(false)
+			now := time.Now()
+			mono, wall, exact = v.contact.at(now), now.UnixNano(), true
+		} else {
+			mono, wall = v.coarse.read()
+		}
 	} else {
-		mono = v.contact.clock()
+		mono, exact = v.contact.clock(), true
 	}
-	if err := v.unavailableAt(mono); err != nil {
+	if err := v.unavailableAt(mono, exact); err != nil {
 		return Result{}, err
 	}
 	if !domain.ValidSecret(secret) {
@@ -355,12 +390,12 @@ func (v *Verifier) VerifyResource(ctx context.Context, secret, resource string, 
 	ent := sl.state.Load()
 	r := Result{Code: CodeValid, Key: ent.info(), Sequence: seq}
 	if !v.realClock {
-		now = v.now()
+		wall = v.now().UnixNano()
 	}
 	switch {
 	case ent.revoked:
 		r.Code = CodeRevoked
-	case expiredAt(ent.expires, now):
+	case ent.expires != nil && v.expired(ent.expires, wall, exact):
 		r.Code = CodeExpired
 	case resource != "" && !domain.ResourceAllowed(r.Key.Resources, resource):
 		r.Code = CodeResourceNotAllowed
@@ -372,9 +407,20 @@ func (v *Verifier) VerifyResource(ctx context.Context, secret, resource string, 
 			}
 		}
 		r.Valid = true
-		v.used.record(sl, &d, now)
+		v.used.record(sl, &d, wall/int64(time.Millisecond))
 	}
 	return r, nil
+}
+
+// expired reports whether a key expiring at exp has expired at wall (Unix
+// ns; exact: read from the real clock or Config.Now). A coarse reading
+// within coarseSlack of exp is replaced by the real clock's.
+func (v *Verifier) expired(exp *time.Time, wall int64, exact bool) bool {
+	at := time.Unix(0, wall)
+	if !exact && v.realClock && exp.Sub(at) < coarseSlack && at.Sub(*exp) < coarseSlack {
+		at = time.Now()
+	}
+	return expiredAt(exp, at)
 }
 
 func invalidPermission(p string) error {
@@ -382,17 +428,24 @@ func invalidPermission(p string) error {
 }
 
 // unavailable returns why the verifier cannot give a verdict now, or nil.
-func (v *Verifier) unavailable() error { return v.unavailableAt(v.contact.clock()) }
+func (v *Verifier) unavailable() error { return v.unavailableAt(v.contact.clock(), true) }
 
-// unavailableAt is unavailable at instant mono of the contact clock.
-func (v *Verifier) unavailableAt(mono time.Duration) error {
+// unavailableAt is unavailable at instant mono of the contact clock; exact:
+// mono was read from the real clock, else from the coarse one, and the real
+// clock decides when the coarse one puts the last contact more than half
+// of MaxStaleness ago.
+func (v *Verifier) unavailableAt(mono time.Duration, exact bool) error {
 	if !v.booted.Load() {
 		return domain.Errorf(domain.EUnavailable, "the key verifier is still loading keys (applied stream sequence %d); retry shortly", v.applied.Load())
 	}
 	if f := v.failed.Load(); f != nil {
 		return domain.Errorf(domain.EUnavailable, "the key verifier met an event it cannot apply and no longer vouches for keys: %v", f.err)
 	}
-	if since := v.contact.sinceAt(mono); since > v.maxStaleness {
+	since := v.contact.sinceAt(mono)
+	if !exact && since > v.maxStaleness/2 {
+		since = v.contact.since()
+	}
+	if since > v.maxStaleness {
 		return domain.Errorf(domain.EUnavailable, "the key verifier has been cut off from the event stream for %s (longer than %s), so revocations may be missing; retry later",
 			since.Round(time.Millisecond), v.maxStaleness)
 	}

@@ -98,6 +98,10 @@ func memoryVerifier(keys []domain.KeyState, dig *domain.Digester) *Verifier {
 	a.publishWork()
 	v.contact.touch(v.contact.clock())
 	v.booted.Store(true)
+	// The coarse clock runs as in a started verifier (Close stops it).
+	ctx, cancel := context.WithCancel(context.Background())
+	v.cancel = cancel
+	go func() { v.clockLoop(ctx); close(v.done) }()
 	return v
 }
 
@@ -106,6 +110,7 @@ func TestVerifyAllocs(t *testing.T) {
 	dig := domain.NewDigester(testSecret)
 	keys, secrets := genKeys(t, 1000, true, dig)
 	v := memoryVerifier(keys, dig)
+	defer v.Close()
 	var valid, withPerm, revoked string
 	for i, k := range keys {
 		switch {

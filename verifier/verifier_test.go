@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
+	"github.com/keyd-dev/keyd/internal/testworld"
 )
 
 // TestVerifyOutcomes checks every verdict, booting once from the Postgres
@@ -258,7 +259,8 @@ func TestConcurrentVerifyWhileApplying(t *testing.T) {
 }
 
 // TestUndecodableEvent: an event the verifier cannot apply is not skipped
-// silently: the verifier stops vouching for keys.
+// silently: the verifier stops vouching for keys. (A signed one: keyd wrote
+// it; an unsigned one is set aside, see TestForged….)
 func TestUndecodableEvent(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -267,7 +269,7 @@ func TestUndecodableEvent(t *testing.T) {
 	if err := v.WaitApplied(t.Context(), k.Sequence); err != nil {
 		t.Fatal(err)
 	}
-	ack, err := e.js.Publish(e.ctx, domain.KeySubject("org_1", k.Key.ID), []byte(`{"id":"x","type":"key.exploded"}`))
+	ack, err := e.publish(domain.KeySubject("org_1", k.Key.ID), []byte(`{"id":"x","type":"key.exploded"}`), testworld.Signer)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@
 // commands that take access away (revoke, rotate, set_permissions), waits
 // until the local verifier has applied the event before replying. Decode,
 // MaxBytes and CommandIDHeader are the wire rules both transports share.
+// Commands that make a key (create, rotate) wait the same way, so that the
+// new key verifies on this process as soon as the reply arrives.
 package commands
 
 import (
@@ -86,15 +88,16 @@ type Transport struct {
 }
 
 // Runner runs commands. WaitApplied, when set, is called with the sequence
-// of a revoke, rotate or set_permissions reply before it is returned, so a
-// verify on this process right after the reply already sees the change.
+// of a create, revoke, rotate, set_permissions or retire reply before it is
+// returned, so a verify on this process right after the reply already sees
+// the change (a new key accepted, a revoked one refused).
 type Runner struct {
 	Service     *domain.Service
 	Metrics     *metrics.Metrics
 	WaitApplied func(ctx context.Context, seq uint64) error
 	// Log receives the one thing the Runner logs: a warning when the local
-	// verifier misses the wait after a stored set_permissions, rotate or
-	// retire, whose reply is still a success (nil: not logged). Failed
+	// verifier misses the wait after a stored create, set_permissions,
+	// rotate or retire, whose reply is still a success (nil: not logged). Failed
 	// commands are logged by their transport.
 	Log *slog.Logger
 }
@@ -121,7 +124,10 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 		if err := decode(payload, &c, t); err != nil {
 			return nil, err
 		}
-		return r.Service.CreateKey(ctx, org, c)
+		// Read-your-create: the reply waits until this process's verifier
+		// accepts the new key, so a key used at once is never not_found.
+		res, err := r.Service.CreateKey(ctx, org, c)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	case Revoke:
 		var c domain.RevokeKey
 		if err := decode(payload, &c, t); err != nil {

@@ -148,7 +148,7 @@ func TestRunDispatchesEachCommand(t *testing.T) {
 				t.Errorf("create reply %+v", res.Key)
 			}
 			return res.Sequence
-		}, false},
+		}, true}, // read-your-create
 		{commands.Update, func() string { return `{"key_id":"` + keyID + `","name":"renamed"}` }, func(t *testing.T, r any) uint64 {
 			res := r.(domain.KeyResult)
 			if res.Key.Name != "renamed" {

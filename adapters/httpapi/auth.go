@@ -3,9 +3,11 @@ package httpapi
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"net/http"
 	"strings"
 
+	"github.com/keyd-dev/keyd/adapters/metrics"
 	"github.com/keyd-dev/keyd/domain"
 )
 
@@ -29,6 +31,14 @@ type caller struct {
 	session Session
 }
 
+// limitKey names c's token in the per-token limits.
+func (c caller) limitKey() string {
+	if c.admin {
+		return "admin"
+	}
+	return "session:" + c.session.ID
+}
+
 // actor is the actor a widget session's commands are recorded with.
 func (c caller) actor() *domain.Actor {
 	return &domain.Actor{Type: "user", ID: c.session.UserID}
@@ -39,33 +49,40 @@ var adminActor = domain.Actor{Type: "service", ID: "admin"}
 
 // authenticate reads "Authorization: Bearer <token>" and checks it against
 // the admin token (by constant-time comparison of SHA-256 digests, so
-// neither content nor length leaks) and then as a widget session token.
-// Errors: unauthenticated for a missing, malformed, unknown or expired
-// token.
-func (s *Server) authenticate(r *http.Request) (caller, error) {
+// neither content nor length leaks) and then as a widget session token
+// that has not been ended (EndedSessions). Errors: unauthenticated for a
+// missing, malformed, unknown, expired or ended token, with the reason
+// keyd_auth_failures_total counts it under.
+func (s *Server) authenticate(r *http.Request) (c caller, reason string, err error) {
 	h := r.Header.Get("Authorization")
 	scheme, token, ok := strings.Cut(h, " ")
 	token = strings.TrimSpace(token)
 	if h == "" {
-		return caller{}, domain.Errorf(domain.EUnauthorized, "missing Authorization header; send Authorization: Bearer <admin token or widget session token>")
+		return caller{}, metrics.AuthMissing, domain.Errorf(domain.EUnauthorized, "missing Authorization header; send Authorization: Bearer <admin token or widget session token>")
 	}
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return caller{}, domain.Errorf(domain.EUnauthorized, "the Authorization header must be \"Bearer <token>\"")
+		return caller{}, metrics.AuthMalformed, domain.Errorf(domain.EUnauthorized, "the Authorization header must be \"Bearer <token>\"")
 	}
 	if s.AdminToken != "" {
 		got, want := sha256.Sum256([]byte(token)), sha256.Sum256([]byte(s.AdminToken))
 		if subtle.ConstantTimeCompare(got[:], want[:]) == 1 {
-			return caller{admin: true}, nil
+			return caller{admin: true}, "", nil
 		}
 	}
 	if s.Sessions != nil && strings.HasPrefix(token, SessionTokenPrefix) {
 		sess, err := s.Sessions.Verify(token)
 		if err != nil {
-			return caller{}, err
+			if errors.Is(err, errSessionExpired) {
+				return caller{}, metrics.AuthExpired, err
+			}
+			return caller{}, metrics.AuthInvalid, err
 		}
-		return caller{session: sess}, nil
+		if s.EndedSessions != nil && s.EndedSessions.Ended(sess.ID) {
+			return caller{}, metrics.AuthEnded, domain.Errorf(domain.EUnauthorized, "this widget session was ended; ask the host page for a new one")
+		}
+		return caller{session: sess}, "", nil
 	}
-	return caller{}, domain.Errorf(domain.EUnauthorized, "the bearer token is not valid")
+	return caller{}, metrics.AuthInvalid, domain.Errorf(domain.EUnauthorized, "the bearer token is not valid")
 }
 
 // authorize checks that c may call a route of kind a for org (empty for

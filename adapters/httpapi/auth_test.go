@@ -10,7 +10,9 @@ import (
 
 func TestUnauthenticated(t *testing.T) {
 	t.Parallel()
-	s := newStack(t)
+	// 70 failures from one address: not the failed-authentication limit's
+	// test (TestAuthFailureLimit).
+	s := newStack(t, func(s *Server) { s.AuthFailureLimit = -1 })
 	k := s.createKey("org_a", "k").Key
 	past := NewSessions(domain.DeriveKey([]byte("test deployment secret"), SessionKeyLabel),
 		func() time.Time { return time.Now().Add(-2 * time.Hour) })

@@ -33,7 +33,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 // writeErrorBody writes err as the reply, without logging: the status is
 // domain.HTTPStatus of its code, the body domain.ErrorBody. Errors that are
 // not *domain.Error are internal, and their text is not shown. A 401
-// carries WWW-Authenticate: Bearer. Handlers use Server.writeError; this is
+// carries WWW-Authenticate: Bearer, a rate_limited error Retry-After. Handlers use Server.writeError; this is
 // for the two replies that must not log again: a panic's (logged with its
 // stack) and an unknown route's.
 func writeErrorBody(w http.ResponseWriter, err error) {
@@ -42,6 +42,7 @@ func writeErrorBody(w http.ResponseWriter, err error) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="keyd"`)
 	}
+	setRetryAfter(w.Header(), err)
 	writeJSON(w, status, domain.ErrorBodyOf(err))
 }
 

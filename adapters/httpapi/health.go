@@ -16,18 +16,35 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-// readyz answers GET /readyz, readiness (NATS, Postgres, verifier caught
-// up, as Server.Ready judges): 200 when ready, else 503; the body is Ready's
-// detail with "status": "ok" or "unavailable".
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
-	ok, detail := true, map[string]any(nil)
-	if s.Ready != nil {
-		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
-		ok, detail = s.Ready(ctx)
-		cancel()
-	}
+// readyzDetail answers GET /readyz, readiness (NATS, Postgres, verifier
+// caught up, as Server.Ready judges): 200 when ready, else 503; the body is
+// Ready's detail with "status": "ok" or "unavailable". With
+// InternalSurfaces it is served by InternalHandler only: the detail names
+// internal errors, counts and sequences.
+func (s *Server) readyzDetail(w http.ResponseWriter, r *http.Request) {
+	ok, detail := s.readiness(r.Context())
 	body := make(map[string]any, len(detail)+1)
 	maps.Copy(body, detail)
+	s.writeReadiness(w, ok, body)
+}
+
+// readyzStatus answers the public GET /readyz when InternalSurfaces is
+// set: the same status code, and only {"status"}.
+func (s *Server) readyzStatus(w http.ResponseWriter, r *http.Request) {
+	ok, _ := s.readiness(r.Context())
+	s.writeReadiness(w, ok, map[string]any{})
+}
+
+func (s *Server) readiness(ctx context.Context) (bool, map[string]any) {
+	if s.Ready == nil {
+		return true, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	return s.Ready(ctx)
+}
+
+func (s *Server) writeReadiness(w http.ResponseWriter, ok bool, body map[string]any) {
 	status := http.StatusOK
 	body["status"] = "ok"
 	if !ok {

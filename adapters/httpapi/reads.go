@@ -1,10 +1,13 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/keyd-dev/keyd/adapters/metrics"
 
 	"github.com/keyd-dev/keyd/adapters/postgres"
 	"github.com/keyd-dev/keyd/domain"
@@ -80,7 +83,7 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, c caller) {
 		s.writeError(w, r, err)
 		return
 	}
-	if !s.readSequence(w, r) {
+	if !s.readSequence(w, r, c) {
 		return
 	}
 	keys, next, err := s.Reads.ListKeys(r.Context(), r.PathValue("org"), f)
@@ -102,7 +105,7 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, c caller) {
 // Errors: not_found (a key of another organization too); invalid_argument
 // for a bad min_sequence; unavailable when it is not reached in time.
 func (s *Server) getKey(w http.ResponseWriter, r *http.Request, c caller) {
-	if !s.readSequence(w, r) {
+	if !s.readSequence(w, r, c) {
 		return
 	}
 	key, err := s.Reads.GetKey(r.Context(), r.PathValue("org"), r.PathValue("key_id"))
@@ -123,7 +126,7 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request, c caller) {
 // first, each the event envelope with its "sequence"; next_after is the
 // `after` of the next page. Errors: invalid_argument for a bad after, limit
 // (1..1000, default 100) or min_sequence; unavailable as for every read.
-func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, _ caller) {
+func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, c caller) {
 	q := r.URL.Query()
 	var after uint64
 	if v := q.Get("after"); v != "" {
@@ -143,7 +146,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, _ caller) {
 		}
 		limit = n
 	}
-	if !s.readSequence(w, r) {
+	if !s.readSequence(w, r, c) {
 		return
 	}
 	events, next, err := s.Reads.ListEvents(r.Context(), r.PathValue("org"), after, limit)
@@ -159,8 +162,8 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, _ caller) {
 
 // listPermissions answers GET /v1/permissions?min_sequence=: the catalog,
 // retired permissions included, by slug.
-func (s *Server) listPermissions(w http.ResponseWriter, r *http.Request, _ caller) {
-	if !s.readSequence(w, r) {
+func (s *Server) listPermissions(w http.ResponseWriter, r *http.Request, c caller) {
+	if !s.readSequence(w, r, c) {
 		return
 	}
 	perms, err := s.Reads.ListPermissions(r.Context())
@@ -181,8 +184,8 @@ type roleList struct {
 
 // listRoles answers GET /v1/roles?min_sequence=: the role catalog, retired
 // roles included (with their status), by slug.
-func (s *Server) listRoles(w http.ResponseWriter, r *http.Request, _ caller) {
-	if !s.readSequence(w, r) {
+func (s *Server) listRoles(w http.ResponseWriter, r *http.Request, c caller) {
+	if !s.readSequence(w, r, c) {
 		return
 	}
 	roles, err := s.Reads.ListRoles(r.Context())
@@ -207,7 +210,10 @@ func parseLimit(v string, max int, check func(int) error) (int, error) {
 // to the applied sequence read before the data (so a read that then fails,
 // a 404, tells it too). On an error it has written the reply and returns
 // false.
-func (s *Server) readSequence(w http.ResponseWriter, r *http.Request) bool {
+//
+// A min_sequence wait parks on the process's one sequenceWatcher, at most
+// MaxWaitsPerToken at once per token (more: rate_limited).
+func (s *Server) readSequence(w http.ResponseWriter, r *http.Request, c caller) bool {
 	if s.Reads == nil {
 		s.writeError(w, r, domain.Errorf(domain.EUnavailable, "this server has no read models; retry on another"))
 		return false
@@ -224,7 +230,11 @@ func (s *Server) readSequence(w http.ResponseWriter, r *http.Request) bool {
 	var applied uint64
 	var err error
 	if want > 0 {
-		applied, err = s.Reads.WaitForSequence(r.Context(), want, s.minSequenceWait())
+		applied, err = s.waitForSequence(r.Context(), c, want)
+		if domain.ErrorCode(err) == domain.ERateLimited {
+			s.writeError(w, r, err)
+			return false
+		}
 		if domain.ErrorCode(err) == domain.EUnavailable {
 			w.Header().Set(SequenceHeader, strconv.FormatUint(applied, 10))
 			s.writeError(w, r, domain.Wrap(err, domain.EUnavailable,
@@ -240,4 +250,17 @@ func (s *Server) readSequence(w http.ResponseWriter, r *http.Request) bool {
 	}
 	w.Header().Set(SequenceHeader, strconv.FormatUint(applied, 10))
 	return true
+}
+
+// waitForSequence waits on the shared watcher until the read models have
+// applied want, holding one of c's MaxWaitsPerToken wait slots.
+// Errors: rate_limited when c has them all; those of sequenceWatcher.wait.
+func (s *Server) waitForSequence(ctx context.Context, c caller, want uint64) (uint64, error) {
+	key := c.limitKey()
+	if !s.limits.waits.acquire(key) {
+		s.Metrics.Limit(metrics.LimitWaits)
+		return 0, rateLimited(time.Second, "this token already has %d reads waiting for min_sequence; retry after the others are answered", MaxWaitsPerToken)
+	}
+	defer s.limits.waits.release(key)
+	return s.limits.watcher.wait(ctx, want, s.minSequenceWait())
 }

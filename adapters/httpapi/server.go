@@ -30,8 +30,19 @@
 //	POST   /v1/orgs/{org}/users/{user_id}/keys/revoke     revoke a user's keys
 //	POST   /v1/keys/verify                                verify a key (in-memory verifier)
 //	POST   /v1/widget/sessions                            issue a widget session
+//	DELETE /v1/widget/sessions/{id}                       end a widget session
 //	GET    /v1/widget/session                  (session) describe the caller's session
 //	GET    /healthz, /readyz, /metrics
+//
+// With InternalSurfaces, /metrics and the detailed /readyz move to
+// InternalHandler (keyd's --internal-http listener).
+//
+// Limits (findings M3, M4, L5 of the security review), each answered
+// rate_limited (429) with Retry-After: AuthFailureLimit failed
+// authentications per client address per AuthFailureWindow; SessionRate
+// requests a second per widget session; MaxWaitsPerToken min_sequence waits
+// at once per token, all of a process's waits sharing one watcher of the
+// read models. Serve limits request headers to 64 KiB (431).
 package httpapi
 
 import (
@@ -116,9 +127,50 @@ type Server struct {
 	MinSequenceWait time.Duration
 	// RequestTimeout bounds each request (DefaultRequestTimeout if zero).
 	RequestTimeout time.Duration
+	// SessionRate is how many requests a second one widget session may
+	// make (the burst is one second's worth); more are rate_limited. Zero
+	// means DefaultSessionRate, a negative value no limit. The admin token
+	// has none.
+	SessionRate float64
+	// AuthFailureLimit is how many failed authentications one client
+	// address may make within AuthFailureWindow before every
+	// authentication from it is rate_limited until the window ends. Zero
+	// means the package's AuthFailureLimit, a negative value no limit.
+	AuthFailureLimit int
+	// EndedSessions records the widget sessions ended by
+	// DELETE /v1/widget/sessions/{id}, refused on every request. Nil: the
+	// route answers unavailable.
+	EndedSessions EndedSessions
+	// InternalSurfaces moves /metrics and the detailed /readyz to
+	// InternalHandler: the API's own /readyz then answers only
+	// {"status"}, and it has no /metrics.
+	InternalSurfaces bool
+	// LoopbackHostsOnly answers 403 permission_denied to every request
+	// whose Host is not localhost, 127.0.0.1 or [::1] (any port): keyd dev,
+	// which a web page could otherwise reach by DNS rebinding.
+	LoopbackHostsOnly bool
+	// Now is the clock of the rate limits (nil: time.Now).
+	Now func() time.Time
 
-	once    sync.Once
-	handler http.Handler
+	once     sync.Once
+	handler  http.Handler
+	limits   limits
+	authLogs everySecond
+}
+
+// limits is the state of a Server's limits, built with its handler.
+type limits struct {
+	failures *failureLimiter
+	sessions *tokenBuckets // nil: no per-session limit
+	waits    waitSlots
+	watcher  sequenceWatcher
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -144,7 +196,27 @@ func (s *Server) requestTimeout() time.Duration {
 
 // Handler returns the API's http.Handler, built on first use.
 func (s *Server) Handler() http.Handler {
+	s.init()
+	return s.handler
+}
+
+// init builds the handler and the limits' state, once.
+func (s *Server) init() {
 	s.once.Do(func() {
+		if s.AuthFailureLimit >= 0 {
+			s.limits.failures = newFailureLimiter(s.now)
+			if s.AuthFailureLimit > 0 {
+				s.limits.failures.limit = s.AuthFailureLimit
+			}
+		}
+		switch rate := s.SessionRate; {
+		case rate == 0:
+			s.limits.sessions = newTokenBuckets(DefaultSessionRate, s.now)
+		case rate > 0:
+			s.limits.sessions = newTokenBuckets(rate, s.now)
+		}
+		s.limits.waits.max = MaxWaitsPerToken
+		s.limits.watcher.applied = func(ctx context.Context) (uint64, error) { return s.Reads.AppliedSequence(ctx) }
 		mux := http.NewServeMux()
 		s.routes(mux)
 		if s.Extra != nil {
@@ -152,7 +224,21 @@ func (s *Server) Handler() http.Handler {
 		}
 		s.handler = s.wrap(mux)
 	})
-	return s.handler
+}
+
+// InternalHandler returns the handler of the internal listener: GET
+// /metrics, the detailed GET /readyz and GET /healthz. Serve it on an
+// address only operators reach (keyd's --internal-http) with
+// InternalSurfaces set.
+func (s *Server) InternalHandler() http.Handler {
+	s.init()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyzDetail)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics.Handler())
+	}
+	return s.wrap(mux)
 }
 
 // Serve serves the API on ln until ctx ends, then shuts down gracefully:
@@ -160,8 +246,17 @@ func (s *Server) Handler() http.Handler {
 // ShutdownTimeout, then closes what is left. It returns nil after a
 // shutdown caused by ctx, or the error that stopped serving.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	return s.serve(ctx, ln, s.Handler())
+}
+
+// ServeInternal serves InternalHandler on ln as Serve serves the API.
+func (s *Server) ServeInternal(ctx context.Context, ln net.Listener) error {
+	return s.serve(ctx, ln, s.InternalHandler())
+}
+
+func (s *Server) serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	srv := &http.Server{
-		Handler:           s.Handler(),
+		Handler:           h,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
@@ -210,10 +305,15 @@ func (s *Server) routes(mux *http.ServeMux) {
 	r.handle("DELETE /v1/roles/{slug}", adminOnly, s.command(commands.RetireRole))
 	r.handle("POST /v1/orgs/{org}/users/{user_id}/keys/revoke", adminOnly, s.command(commands.RevokeUserKeys))
 	r.handle("POST /v1/widget/sessions", adminOnly, s.createSession)
+	r.handle("DELETE /v1/widget/sessions/{id}", adminOnly, s.endSession)
 	r.handle("GET /v1/widget/session", sessionOnly, s.getSession)
 
 	mux.HandleFunc("GET /healthz", s.healthz)
-	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.InternalSurfaces {
+		mux.HandleFunc("GET /readyz", s.readyzStatus)
+		return
+	}
+	mux.HandleFunc("GET /readyz", s.readyzDetail)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics.Handler())
 	}
@@ -242,7 +342,7 @@ func (rt router) handle(pattern string, a access, h authedHandler) {
 		if cors {
 			s.cors(w, r)
 		}
-		c, err := s.authenticate(r)
+		c, err := s.admit(r)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -253,6 +353,44 @@ func (rt router) handle(pattern string, a access, h authedHandler) {
 		}
 		h(w, r, c)
 	})
+}
+
+// admit authenticates r under the limits: a client address with too many
+// recent failed authentications is rate_limited before its token is even
+// looked at (so guessing stops paying), a failure is counted (metric,
+// limiter) and logged at most once a second, and a widget session over
+// SessionRate is rate_limited.
+func (s *Server) admit(r *http.Request) (caller, error) {
+	addr := clientAddress(r)
+	fl := s.limits.failures
+	if fl != nil {
+		if d := fl.blocked(addr); d > 0 {
+			s.Metrics.Limit(metrics.LimitAuthFailures)
+			return caller{}, rateLimited(d, "%d failed authentications from %s within %s; retry after the Retry-After seconds",
+				fl.limit, addr, fl.window)
+		}
+	}
+	c, reason, err := s.authenticate(r)
+	if err != nil {
+		if fl != nil {
+			fl.fail(addr)
+		}
+		s.Metrics.FailAuth(reason)
+		if ok, held := s.authLogs.allow(s.now()); ok {
+			s.logger().LogAttrs(r.Context(), slog.LevelWarn, "http authentication failed",
+				slog.String("client", addr), slog.String("reason", reason), slog.String("route", routeLabel(r)),
+				slog.Int("not_logged_since_last", held))
+		}
+		return caller{}, err
+	}
+	if !c.admin && s.limits.sessions != nil {
+		if d := s.limits.sessions.take(c.session.ID); d > 0 {
+			s.Metrics.Limit(metrics.LimitToken)
+			return caller{}, rateLimited(d, "this widget session made more than %g requests a second; retry after the Retry-After seconds",
+				s.limits.sessions.rate)
+		}
+	}
+	return c, nil
 }
 
 // checkPath checks the shape of the ids in the path and that c may call
@@ -293,6 +431,12 @@ func (s *Server) wrap(mux *http.ServeMux) http.Handler {
 		defer cancel()
 		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}
+		if s.LoopbackHostsOnly && !loopbackHost(r.Host) {
+			writeErrorBody(sw, domain.Errorf(domain.EForbidden,
+				"this keyd dev server answers only requests for localhost, 127.0.0.1 or [::1], not %q (a guard against DNS rebinding)", r.Host))
+			s.observe(r, sw.code(), time.Since(start))
+			return
+		}
 		defer func() {
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler { //nolint:errorlint // a sentinel compared as net/http does
@@ -312,6 +456,17 @@ func (s *Server) wrap(mux *http.ServeMux) http.Handler {
 		}
 		mux.ServeHTTP(sw, r)
 	})
+}
+
+// loopbackHost reports whether a Host header names localhost, 127.0.0.1
+// or [::1], with any port.
+func loopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	return strings.EqualFold(host, "localhost") || host == "127.0.0.1" || host == "::1"
 }
 
 // observe records one request in the metrics, labelled by route pattern

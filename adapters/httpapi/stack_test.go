@@ -47,6 +47,8 @@ type stack struct {
 	metrics  *metrics.Metrics
 	sessions *Sessions
 	logs     *testenv.SyncBuffer
+	js       jetstream.JetStream
+	dbURL    string
 
 	mu     sync.Mutex
 	bodies []string
@@ -68,9 +70,11 @@ func newStack(t *testing.T, opts ...stackOption) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := eventstore.NewJetStream(js, nc, stream)
+	signer := domain.NewEventSigner([]byte("test deployment secret"))
+	store := eventstore.NewJetStream(js, nc, stream, eventstore.WithSigner(signer))
 
-	pool, err := postgres.Open(ctx, testenv.PostgresURL(t))
+	dbURL := testenv.PostgresURL(t)
+	pool, err := postgres.Open(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,6 +85,7 @@ func newStack(t *testing.T, opts ...stackOption) *stack {
 		t.Fatal(err)
 	}
 	projector := projections.NewProjector(pool, js, log)
+	projector.EventKey = signer.PublicKey()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -98,12 +103,12 @@ func newStack(t *testing.T, opts ...stackOption) *stack {
 		Rand:     rand.Reader,
 	}
 	sessions := NewSessions(domain.DeriveKey([]byte("test deployment secret"), SessionKeyLabel), nil)
-	v := verifier.New(verifier.Config{Pool: pool, JS: js, Conn: nc, Digester: svc.Digester, Log: log, LastUsedInterval: -1})
+	v := verifier.New(verifier.Config{Pool: pool, JS: js, Conn: nc, Digester: svc.Digester, EventKey: signer.PublicKey(), Log: log, LastUsedInterval: -1})
 	if err := v.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.Close)
-	s := &stack{t: t, store: store, reads: postgres.NewReadModel(pool, nil), metrics: m, sessions: sessions, logs: logs}
+	s := &stack{t: t, store: store, reads: postgres.NewReadModel(pool, nil), metrics: m, sessions: sessions, logs: logs, js: js, dbURL: dbURL}
 	s.srv = &Server{
 		Runner:          &commands.Runner{Service: svc, Metrics: m, Log: log},
 		Reads:           s.reads,

@@ -2,9 +2,14 @@
 //
 // Subjects: keyd.cmd.keys.<org>.<command> (create, revoke, set_permissions,
 // update, rotate, revoke_user_keys), keyd.cmd.permissions.<command> and
-// keyd.cmd.roles.<command> (define, retire), in the
-// queue group "keyd" so several keyd processes share the load. Every request
-// that carries a reply subject gets exactly one reply: the command's JSON
+// keyd.cmd.roles.<command> (define, retire), in the queue group "keyd" so
+// several keyd processes share the load. A request is run only if its
+// reply subject is an inbox (see ReplyAllowed): anything else (a publish
+// without a reply subject, or a reply subject such as keyd.events.… or
+// $JS.API.…, which would make keyd's reply land in the event stream or act
+// on it) is refused unrun and unanswered, counted in
+// keyd_commands_refused_total and logged at most once a second per reason.
+// Every request it runs gets exactly one reply: the command's JSON
 // result, or {"error": {"code", "message"}} (domain.ErrorBody). A request
 // may carry the header Keyd-Command-Id (commands.CommandIDHeader): retrying
 // it with the same id never appends twice. Internal and unavailable errors
@@ -16,6 +21,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -24,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/keyd-dev/keyd/adapters/commands"
+	"github.com/keyd-dev/keyd/adapters/metrics"
 	"github.com/keyd-dev/keyd/domain"
 )
 
@@ -38,16 +45,78 @@ const (
 
 // Responder subscribes to the command subjects and runs each request on the
 // Runner, up to MaxInFlight at once.
+//
+// Conn should be a connection of its own, not the one the event store
+// publishes on: the responder only subscribes to keyd.cmd.> and answers
+// requests, so its NATS user needs no publish permission at all beyond
+// allow_responses, and a reply can never be a write to keyd.events.>.
 type Responder struct {
-	Conn        *nats.Conn
-	Runner      *commands.Runner
-	Log         *slog.Logger
-	MaxInFlight int           // default 256
-	Timeout     time.Duration // per command, default 15s
+	Conn   *nats.Conn
+	Runner *commands.Runner
+	Log    *slog.Logger
+	// Metrics, when set, counts refused requests
+	// (keyd_commands_refused_total).
+	Metrics *metrics.Metrics
+	// ReplyPrefixes are reply-subject prefixes answered besides
+	// DefaultReplyPrefixes (keyd's --nats-reply-prefix); each must pass
+	// CheckReplyPrefix.
+	ReplyPrefixes []string
+	MaxInFlight   int           // default 256
+	Timeout       time.Duration // per command, default 15s
 
 	sub      *nats.Subscription
 	sem      chan struct{}
 	inflight sync.WaitGroup
+
+	noReplyLog, badReplyLog, replyFailLog limitedLog
+}
+
+// DefaultReplyPrefixes are the reply subjects keyd answers on: inboxes as
+// NATS clients make them (_INBOX., and _INBOX_<suffix>. for a custom inbox
+// prefix such as nats.CustomInboxPrefix("_INBOX_orgA")), and the _R_.
+// subjects nats-server puts on requests that arrive through a service
+// import. No stream may capture these.
+var DefaultReplyPrefixes = []string{"_INBOX.", "_INBOX_", "_R_."}
+
+// ReplyAllowed reports whether keyd answers (and so runs) a request whose
+// reply subject is reply: it starts with one of DefaultReplyPrefixes or
+// extra, and is a plain subject (no wildcard, no space).
+func ReplyAllowed(reply string, extra []string) bool {
+	if reply == "" || strings.ContainsAny(reply, "*> \t\r\n") {
+		return false
+	}
+	for _, p := range DefaultReplyPrefixes {
+		if strings.HasPrefix(reply, p) {
+			return true
+		}
+	}
+	for _, p := range extra {
+		if p != "" && strings.HasPrefix(reply, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// reservedSubjects are subject spaces a reply-prefix may neither lie in nor
+// cover: keyd's own (commands, events) and the server's ($JS.API, $KV,
+// $SYS...).
+var reservedSubjects = []string{"keyd.", "$"}
+
+// CheckReplyPrefix checks an extra reply-subject prefix: a non-empty run of
+// subject characters (no wildcard, no space) that can match no subject of
+// keyd's (keyd.…) or of the server's ($JS.API.…, $KV.…): neither inside
+// them nor a prefix of them, so "k" or "keyd.events." are refused.
+func CheckReplyPrefix(p string) error {
+	if p == "" || strings.ContainsAny(p, "*> \t\r\n") || strings.Contains(p, "..") || strings.HasPrefix(p, ".") {
+		return fmt.Errorf("reply prefix %q must be a NATS subject prefix without wildcards or spaces, such as _REPLY_acme. or myapp.replies.", p)
+	}
+	for _, r := range reservedSubjects {
+		if strings.HasPrefix(p, r) || strings.HasPrefix(r, p) {
+			return fmt.Errorf("reply prefix %q would let replies land on %s… subjects, where keyd's events and the JetStream API are; choose one outside them", p, r)
+		}
+	}
+	return nil
 }
 
 // Start subscribes. Requests are handled until Stop.
@@ -58,6 +127,11 @@ func (r *Responder) Start() error {
 	}
 	r.sem = make(chan struct{}, n)
 	sub, err := r.Conn.QueueSubscribe(Subject, QueueGroup, func(m *nats.Msg) {
+		// Refused before taking a slot: a flood of them costs no command
+		// capacity.
+		if !r.accept(m) {
+			return
+		}
 		r.sem <- struct{}{}
 		r.inflight.Add(1)
 		go func() {
@@ -117,13 +191,33 @@ func Parse(subject string) (org, name string, err error) {
 	return "", "", domain.Errorf(domain.EInvalid, "unknown command subject %q; use keyd.cmd.keys.<org>.<command>, keyd.cmd.permissions.<command> or keyd.cmd.roles.<command>", subject)
 }
 
-func (r *Responder) handle(m *nats.Msg) {
-	if m.Reply == "" {
+// accept reports whether m is to be run; a refused one is counted and
+// logged (at most once a second per reason).
+func (r *Responder) accept(m *nats.Msg) bool {
+	switch {
+	case m.Reply == "":
 		// Nobody to answer: a publish, not a request. Nothing is run, so a
 		// fire-and-forget command can't change state unseen.
-		r.Log.Warn("command without a reply subject ignored", "subject", m.Subject)
-		return
+		r.Metrics.RefuseCommand(metrics.RefusedNoReply)
+		if ok, suppressed := r.noReplyLog.allow(time.Now()); ok {
+			r.Log.Warn("command without a reply subject ignored", "subject", m.Subject, "suppressed", suppressed)
+		}
+		return false
+	case !ReplyAllowed(m.Reply, r.ReplyPrefixes):
+		// The reply would be a publish wherever the caller chose:
+		// keyd.events.… (into the event stream: finding C1), $JS.API.….
+		// Not run, not answered.
+		r.Metrics.RefuseCommand(metrics.RefusedReplySubject)
+		if ok, suppressed := r.badReplyLog.allow(time.Now()); ok {
+			r.Log.Warn("command refused: its reply subject is not an inbox (_INBOX., _INBOX_, _R_. or --nats-reply-prefix)",
+				"subject", m.Subject, "reply", m.Reply, "suppressed", suppressed)
+		}
+		return false
 	}
+	return true
+}
+
+func (r *Responder) handle(m *nats.Msg) {
 	timeout := r.Timeout
 	if timeout <= 0 {
 		timeout = 15 * time.Second
@@ -149,7 +243,9 @@ func (r *Responder) handle(m *nats.Msg) {
 	}
 	out.Data = bytes.TrimRight(body.Bytes(), "\n")
 	if err := m.RespondMsg(out); err != nil {
-		r.Log.Warn("command reply not sent", "subject", m.Subject, "err", err)
+		if ok, suppressed := r.replyFailLog.allow(time.Now()); ok {
+			r.Log.Warn("command reply not sent", "subject", m.Subject, "err", err, "suppressed", suppressed)
+		}
 	}
 }
 

@@ -451,7 +451,7 @@ func (u UserKeys) UserKeyIDs(ctx context.Context, org, user string) (ids []strin
 
 // listQuery is the SQL and arguments of ListKeys (a page of limit+1 rows:
 // one more tells whether a next page exists). Every filter is served by an
-// index of 0001 and 0002 (see 0002_owners_roles_resources.sql).
+// index of 0001 and 0004 (see 0004_owners_roles_resources.sql).
 func listQuery(org string, f KeyFilter, limit int, now time.Time) (string, []any, error) {
 	// Every piece of SQL below is a constant; values go in as parameters.
 	q := "SELECT " + keyColumns + " FROM keys WHERE org_id = $1"

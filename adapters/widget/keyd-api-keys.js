@@ -423,6 +423,9 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       this._rolesPromise = null;
       this._scope = null; // 'organization' or 'user', from GET /v1/widget/session
       this._user = null;
+      // A session narrowed to some permissions ("permissions" not null) may
+      // grant no role: the role picker is not offered, and roles not sent.
+      this._narrowed = false;
       // Listing filters as applied, and as being edited (applied on submit).
       this._filters = { q: '', status: 'all', owner: '', member: '', permission: '' };
       this._draft = Object.assign({}, this._filters);
@@ -619,6 +622,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       if (!attr) this._org = sess.org_id;
       this._scope = sess.scope === 'user' ? 'user' : 'organization';
       this._user = typeof sess.user_id === 'string' ? sess.user_id : null;
+      this._narrowed = Array.isArray(sess.permissions);
     }
 
     get _userScope() {
@@ -1098,8 +1102,10 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       return fs;
     }
 
-    // rolePicker renders one checkbox per active role, beside the permissions.
+    // rolePicker renders one checkbox per active role, beside the permissions
+    // (nothing for a narrowed session, which may grant no role).
     _rolePicker(selected) {
+      if (this._narrowed) return null;
       const fs = h('fieldset', { 'aria-describedby': this._ids('role-note') },
         h('legend', null, 'Roles'));
       const holder = h('div');
@@ -1341,7 +1347,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         const resources = this._resources();
         if (resources === null) return;
         const body = { name, permissions: this._checkedPermissions() };
-        if (this._roles) body.roles = this._checkedRoles();
+        if (this._roles && !this._narrowed) body.roles = this._checkedRoles();
         if (resources.length) body.resources = resources;
         const choice = EXPIRY_CHOICES.find(([v]) => v === this._dialog.querySelector('select[name=expires]').value);
         if (choice && choice[2] > 0) body.expires_at = rfc3339(Date.now() + choice[2] * DAY);
@@ -1353,7 +1359,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         const resources = this._resources();
         if (resources === null) return;
         const body = { permissions: this._checkedPermissions(), resources };
-        if (this._roles) body.roles = this._checkedRoles();
+        if (this._roles && !this._narrowed) body.roles = this._checkedRoles();
         req = () => this._request('PUT', keyPath('/permissions'), body);
       } else if (d.kind === 'revoke') {
         req = () => this._request('POST', keyPath('/revoke'), {});

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -21,7 +20,6 @@ import (
 	"github.com/keyd-dev/keyd/adapters/metrics"
 	"github.com/keyd-dev/keyd/adapters/natscmd"
 	"github.com/keyd-dev/keyd/adapters/postgres"
-	"github.com/keyd-dev/keyd/adapters/widget"
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/eventstore"
 	"github.com/keyd-dev/keyd/migrations"
@@ -60,9 +58,14 @@ type App struct {
 
 	responder *natscmd.Responder
 	stopHTTP  context.CancelFunc // ends httpapi.Server.Serve, which shuts down gracefully
-	httpDone  chan struct{}      // closed when Serve has returned
+	httpDone  chan struct{}      // closed when Serve (and ServeInternal) have returned
 	// HTTPAddr is the address the HTTP server listens on.
 	HTTPAddr string
+	// InternalAddr is the address of the internal listener (--internal-http),
+	// empty without one.
+	InternalAddr string
+	// DemoURL is keyd dev's widget demo URL, with its one-time token.
+	DemoURL string
 	// NATSURL is the URL clients use to reach NATS.
 	NATSURL string
 
@@ -73,8 +76,11 @@ type App struct {
 // start builds and starts everything on established NATS connections: nc
 // for the event store, cmdNC (another connection) for the command
 // responder. Close closes both, whether start succeeded or not.
-func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) error {
-	a.NC = nc
+func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listener) error {
+	a.NC, a.CommandNC = nc, cmdNC
+	if cmdNC == nil || nc == cmdNC {
+		return errors.New("keyd needs two NATS connections: one for the event store, one for the command responder")
+	}
 	if !domain.ValidPrefix(a.cfg.KeyPrefix) {
 		return fmt.Errorf("--key-prefix %q must be 1 to %d letters, digits or underscores", a.cfg.KeyPrefix, domain.MaxPrefixLen)
 	}
@@ -98,6 +104,11 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 		// leader; reading from the leader keeps create-then-update working.
 		storeOpts = append(storeOpts, eventstore.WithLeaderReads())
 	}
+	// The event writer signs every event; everything that reads the stream
+	// checks with the public key (signing.go).
+	signer := domain.NewEventSigner(a.secret)
+	rejected := newRejections(a.log)
+	storeOpts = append(storeOpts, eventstore.WithSigner(signer), eventstore.WithRejections(rejected.hook(readerCommands)))
 	a.Store = eventstore.NewJetStream(js, nc, stream, storeOpts...)
 	idem, err := eventstore.NewKVIdempotency(initCtx, js, a.cfg.StreamReplicas)
 	if err != nil {
@@ -113,6 +124,7 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	}
 	a.Reads = postgres.NewReadModel(a.Pool, time.Now)
 	a.Metrics = metrics.New()
+	a.Metrics.Registry.MustRegister(rejected.counter)
 
 	if a.dev {
 		// keyd dev's data directory may have been removed while the database
@@ -129,12 +141,13 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 		if applied > last {
 			a.log.Warn("the read models are ahead of the event stream (was the data directory removed?); rebuilding them from the stream",
 				"read_models_sequence", applied, "stream_last", last)
-			if err := projections.Rebuild(initCtx, a.Pool, js, io.Discard); err != nil {
+			if err := projections.Rebuild(initCtx, a.Pool, js, signer.PublicKey(), io.Discard); err != nil {
 				return fmt.Errorf("rebuilding the read models: %w", err)
 			}
 		}
 	}
 	a.Projector = projections.NewProjector(a.Pool, js, a.log)
+	a.Projector.EventKey, a.Projector.OnRejected = signer.PublicKey(), rejected.hook(readerProjector)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -149,14 +162,23 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	// last_used_at to the listing itself, in batches, never per verify.
 	a.Verifier = verifier.New(verifier.Config{
 		Pool: a.Pool, JS: js, Conn: nc, Digester: digester,
+		EventKey: signer.PublicKey(), OnRejected: rejected.hook(readerVerifier),
 		MaxStaleness: a.cfg.VerifierMaxStaleness, Log: a.log,
+		LastUsedResolution: a.cfg.LastUsedResolution,
 	})
 	if err := a.Verifier.Start(bg); err != nil {
 		return fmt.Errorf("starting the verifier: %w", err)
 	}
 
+	// Creates check their grants against the catalog held in memory, not
+	// a read of the stream per create (domain.Service.catalogFor).
+	catalogs := eventstore.NewCatalogWatcher(a.Store)
+	catalogs.OnError = func(err error) { a.log.Debug("catalog watcher", "err", err) }
+	if err := catalogs.Start(bg); err != nil {
+		return fmt.Errorf("watching the permission catalog: %w", err)
+	}
 	a.Service = &domain.Service{
-		Store: a.Store, Idempotency: idem, Digester: digester, Prefix: a.cfg.KeyPrefix,
+		Store: a.Store, Idempotency: idem, Catalogs: catalogs, Digester: digester, Prefix: a.cfg.KeyPrefix,
 		Now: time.Now, Rand: rand.Reader,
 		Keys: postgres.UserKeys{Reads: a.Reads, StreamLast: a.Store.LastSequence},
 	}
@@ -170,43 +192,14 @@ func (a *App) start(ctx context.Context, nc *nats.Conn, httpLn net.Listener) err
 	}
 	a.registerGauges()
 
-	a.responder = &natscmd.Responder{Conn: nc, Runner: a.Runner, Log: a.log}
+	a.responder = &natscmd.Responder{Conn: cmdNC, Runner: a.Runner, Log: a.log, Metrics: a.Metrics,
+		ReplyPrefixes: a.cfg.NATSReplyPrefixes}
 	if err := a.responder.Start(); err != nil {
 		return fmt.Errorf("subscribing to commands: %w", err)
 	}
 
-	a.Sessions = httpapi.NewSessions(domain.DeriveKey(a.secret, httpapi.SessionKeyLabel), time.Now)
-	api := &httpapi.Server{
-		Runner: a.Runner, Reads: a.Reads, AdminToken: a.cfg.AdminToken, Sessions: a.Sessions,
-		Metrics: a.Metrics, Ready: a.ready, WidgetOrigins: a.cfg.widgetOrigins(),
-		AllowLocalhostOrigins: a.dev, Log: a.log, Verifier: a.Verifier,
-		Extra: func(mux *http.ServeMux) {
-			mux.Handle("GET /widget/keyd-api-keys.js", widget.ScriptHandler())
-			if a.dev {
-				mux.Handle("GET /widget/demo", widget.DemoHandler(func(ctx context.Context) (string, string, error) {
-					tok, _, err := a.Sessions.Issue(demoOrg, "demo-admin", time.Hour)
-					return tok, demoOrg, err
-				}))
-			}
-		},
-	}
-	a.HTTPAddr = httpLn.Addr().String()
-	// Serve: the header limit, timeouts, error log and graceful shutdown the
-	// httpapi tests and the HTTP benchmark run with. Its own context, so
-	// Close stops HTTP first.
-	httpCtx, stopHTTP := context.WithCancel(context.Background())
-	a.stopHTTP, a.httpDone = stopHTTP, make(chan struct{})
-	go func() {
-		defer close(a.httpDone)
-		if err := api.Serve(httpCtx, httpLn); err != nil {
-			a.log.Error("http server stopped", "err", err)
-		}
-	}()
-	return nil
+	return a.startHTTP(bg, httpLn)
 }
-
-// demoOrg is the organization of the widget demo page in keyd dev.
-const demoOrg = "demo-org"
 
 func (a *App) registerGauges() {
 	m := a.Metrics
@@ -250,7 +243,7 @@ func (a *App) registerGauges() {
 func (a *App) ready(ctx context.Context) (bool, map[string]any) {
 	ok := true
 	detail := map[string]any{}
-	if a.NC.IsConnected() {
+	if a.NC.IsConnected() && a.CommandNC.IsConnected() {
 		detail["nats"] = "ok"
 	} else {
 		ok = false
@@ -291,6 +284,9 @@ func (a *App) Close() {
 	defer cancel()
 	if a.responder != nil {
 		a.responder.Stop(ctx)
+	}
+	if a.CommandNC != nil {
+		_ = a.CommandNC.Drain()
 	}
 	if a.Verifier != nil {
 		_ = a.Verifier.FlushLastUsed(ctx)

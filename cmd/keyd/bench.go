@@ -33,11 +33,15 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	jsonPath := fs.String("json", "", "also write the results to this file, one JSON object per scenario (JSON Lines)")
 	only := fs.String("only", "", "run only these scenarios (comma-separated names)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (go tool pprof)")
+	scaleMax := fs.Bool("scale-max", false, fmt.Sprintf("verify_scale also at %s keys (minutes to write into Postgres, about 4 GiB of memory)", "10,000,000"))
+	soak := fs.Duration("soak", 0, "instead of the scenarios, run a steady mixed load (creates, revokes, verifies, lists) for this long, printing memory, goroutines, fds, connections and latencies per --soak-every")
+	soakEvery := fs.Duration("soak-every", time.Minute, "with --soak: how often to print a line of figures")
 	// The components' info logs would drown the progress line.
 	c.LogLevel, fs.Lookup("log-level").DefValue = "warn", "warn"
 	fs.SetOutput(m.Stderr)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: keyd bench [--quick] [--json FILE] [--only NAME[,NAME]] [--cpuprofile FILE]
+		fmt.Fprint(fs.Output(), `Usage: keyd bench [--quick] [--json FILE] [--only NAME[,NAME]] [--cpuprofile FILE] [--scale-max]
+       keyd bench --soak DURATION [--soak-every DURATION]
 
 Runs keyd's benchmark scenarios, each beside a baseline measured in the same
 process on the same data, and prints a table (progress goes to stderr).
@@ -65,6 +69,9 @@ Scenarios:
 				opts.Only = append(opts.Only, n)
 			}
 		}
+	}
+	if *scaleMax {
+		opts.ScaleSizes = append(opts.ScaleSizes, bench.ScaleMax)
 	}
 	if benchTweak != nil {
 		benchTweak(&opts)
@@ -101,6 +108,12 @@ Scenarios:
 		Executable: exe,
 		Progress:   m.Stderr,
 		Log:        log,
+	}
+	if *soak > 0 {
+		o := bench.DefaultSoakOptions(*soak)
+		o.Interval = *soakEvery
+		_, err := bench.Soak(ctx, env, o, m.Stdout)
+		return err
 	}
 	mode := "full"
 	if opts.Quick {
@@ -146,13 +159,19 @@ func startBenchKeyd(ctx context.Context, k bench.KeydConfig, c Config, m *Main) 
 	if err != nil {
 		return nil, err
 	}
-	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	cmdNC, err := nats.Connect(k.NATS.ClientURL(), nats.InProcessServer(k.NATS), nats.Name("keyd bench keyd commands"), nats.MaxReconnects(-1))
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		nc.Close()
+		cmdNC.Close()
+		return nil, err
+	}
 	app := &App{cfg: c, log: m.logger(c.LogLevel), secret: []byte(c.Secret), NATSURL: k.NATS.ClientURL()}
-	if err := app.start(ctx, nc, httpLn); err != nil {
+	if err := app.start(ctx, nc, cmdNC, httpLn); err != nil {
 		httpLn.Close()
 		app.Close()
 		return nil, err

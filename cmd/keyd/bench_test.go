@@ -42,6 +42,10 @@ func TestBenchQuick(t *testing.T) {
 		o.CommandDuration = 300 * time.Millisecond
 		o.CatchUpEvents = 200
 		o.BootRuns = 1
+		o.LatencySaturation = 200 * time.Millisecond
+		o.LatencyDuration = 300 * time.Millisecond
+		o.ScaleSizes = []int{500, 1000}
+		o.ScaleVerifyDuration = 150 * time.Millisecond
 	}
 	t.Cleanup(func() { benchExecutable, benchTweak = "", nil })
 	tmp := t.TempDir()

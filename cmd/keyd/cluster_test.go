@@ -15,7 +15,7 @@ import (
 )
 
 const (
-	testToken  = "test-admin-token-0123456789"
+	testToken  = "test-admin-token-0123456789abcdef"
 	testSecret = "test-deployment-secret-0123456789abcdef"
 )
 

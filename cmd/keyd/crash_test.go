@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/internal/testenv"
 	"github.com/keyd-dev/keyd/projections"
 )
@@ -136,7 +137,7 @@ func TestProjectorCrash(t *testing.T) {
 	})
 	p2.Kill(syscall.SIGTERM)
 	before := dumpTables(t, conn)
-	if err := projections.Rebuild(ctx, mustPool(t, db), js, io.Discard); err != nil {
+	if err := projections.Rebuild(ctx, mustPool(t, db), js, domain.NewEventSigner([]byte(testSecret)).PublicKey(), io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	after := dumpTables(t, conn)

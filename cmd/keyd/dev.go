@@ -22,10 +22,16 @@ import (
 func (m *Main) runDev(ctx context.Context, args []string) error {
 	var c Config
 	fs := newFlagSet("dev", &c, "data", "nats-listen", "http", "database-url", "admin-token", "secret",
-		"key-prefix", "verifier-max-staleness", "widget-origins", "log-level")
+		"key-prefix", "verifier-max-staleness", "last-used-resolution", "widget-origins", "log-level", "nats-reply-prefix", "internal-http", "rate-limit")
 	fs.SetOutput(m.Stderr)
 	if err := c.parse(fs, args, m.Getenv); err != nil {
 		return err
+	}
+	if err := checkLoopbackListen("nats-listen", c.NATSListen); err != nil {
+		return err
+	}
+	if c.RateLimit < 0 {
+		return fmt.Errorf("--rate-limit must be 0 (no limit) or more requests a second, got %g", c.RateLimit)
 	}
 	c.StreamReplicas = 1
 	log := m.logger(c.LogLevel)
@@ -64,14 +70,22 @@ func (m *Main) runDev(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("HTTP listen address: %w", err)
 	}
+	// The event store's connection and the command responder's, as in
+	// keyd serve.
 	nc, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns), nats.Name("keyd dev"), nats.MaxReconnects(-1))
 	if err != nil {
 		httpLn.Close()
 		return fmt.Errorf("connecting to the embedded NATS server: %w", err)
 	}
+	cmdNC, err := nats.Connect(ns.ClientURL(), nats.InProcessServer(ns), nats.Name("keyd dev commands"), nats.MaxReconnects(-1))
+	if err != nil {
+		nc.Close()
+		httpLn.Close()
+		return fmt.Errorf("connecting to the embedded NATS server: %w", err)
+	}
 	app := &App{cfg: c, log: log, dev: true, secret: []byte(c.Secret), NATSURL: ns.ClientURL()}
 	defer app.Close()
-	if err := app.start(ctx, nc, httpLn); err != nil {
+	if err := app.start(ctx, nc, cmdNC, httpLn); err != nil {
 		httpLn.Close()
 		return err
 	}
@@ -81,13 +95,13 @@ func (m *Main) runDev(ctx context.Context, args []string) error {
   HTTP:         %s
   NATS:         %s
   Admin token:  %s
-  Widget demo:  %s/widget/demo
+  Widget demo:  %s
   Data:         %s
 
 Try:  nats --server %s req keyd.cmd.permissions.define '{"slug":"posts:read","description":"Read posts"}'
       curl -H "Authorization: Bearer %s" %s/v1/permissions
 Stop with Ctrl-C.
-`, base, app.NATSURL, c.AdminToken, base, c.Data, app.NATSURL, c.AdminToken, base)
+`, base, app.NATSURL, c.AdminToken, app.DemoURL, c.Data, app.NATSURL, c.AdminToken, base)
 	if m.Started != nil {
 		m.Started(app)
 	}

@@ -34,6 +34,7 @@ Usage:
   keyd serve                 the production process (NATS and Postgres from configuration)
   keyd migrate               apply the Postgres migrations and exit
   keyd projections rebuild   rebuild the read models from the stream, then swap them in
+  keyd verifier-credential   print the credential embedded verifiers need (KEYD_VERIFIER_CREDENTIAL)
   keyd bench                 the benchmark scenarios beside their baselines (--quick: within a minute)
 
 Run "keyd <command> -h" for the flags of a command; every flag has a KEYD_* environment variable.
@@ -53,6 +54,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		err = m.runServe(ctx, args[1:])
 	case "migrate":
 		err = m.runMigrate(ctx, args[1:])
+	case "verifier-credential":
+		err = m.runVerifierCredential(ctx, args[1:])
 	case "projections":
 		if len(args) < 2 || args[1] != "rebuild" {
 			fmt.Fprint(m.Stderr, usage)

@@ -139,7 +139,7 @@ func TestWidgetInBrowser(t *testing.T) {
 	b := startBrowser(t, shots)
 
 	// The demo page of keyd dev, same origin, once.
-	b.navigate(api + "/widget/demo")
+	b.navigate(r.App.DemoURL) // the printed demo URL, with its one-time token
 	b.waitFor("the demo page's widget shows its empty list",
 		`return visible(byText('strong', 'No API keys yet')) && !!button('Create API key');`)
 	b.shot("demo-page")

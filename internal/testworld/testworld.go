@@ -49,15 +49,26 @@ func MigratedPool(t testing.TB) (*pgxpool.Pool, string) {
 	return pool, dsn
 }
 
+// Secret is the deployment secret of the test worlds: their event stores
+// sign with the event key pair derived from it (Signer), as keyd's do with
+// KEYD_SECRET. Tests that build a verifier credential use it too.
+var Secret = []byte("testworld deployment secret: keys the digests and signs the events")
+
+// Signer is the event signer of Secret.
+var Signer = domain.NewEventSigner(Secret)
+
 // Events is a JetStream with keyd's event stream: the server (nil from
 // EventStreamOn), a client connection, its JetStream context, the
-// KEYD_EVENTS stream and the event store appending to it.
+// KEYD_EVENTS stream and the event store appending to it, signing with
+// Signer; EventKey checks its events (for the readers: projector, rebuild,
+// verifier).
 type Events struct {
-	Server *server.Server
-	Conn   *nats.Conn
-	JS     jetstream.JetStream
-	Stream jetstream.Stream
-	Store  *eventstore.JetStream
+	Server   *server.Server
+	Conn     *nats.Conn
+	JS       jetstream.JetStream
+	Stream   jetstream.Stream
+	Store    *eventstore.JetStream
+	EventKey domain.EventKey
 }
 
 // EventStream starts an in-process JetStream server (testenv.JetStream) and
@@ -91,7 +102,8 @@ func EventStreamOn(t testing.TB, nc *nats.Conn, cfg *jetstream.StreamConfig) *Ev
 	if err != nil {
 		t.Fatalf("testworld: create the event stream: %v", err)
 	}
-	return &Events{Conn: nc, JS: js, Stream: st, Store: eventstore.NewJetStream(js, nc, st)}
+	return &Events{Conn: nc, JS: js, Stream: st, Store: eventstore.NewJetStream(js, nc, st, eventstore.WithSigner(Signer)),
+		EventKey: Signer.PublicKey()}
 }
 
 // Service returns a domain.Service appending to e's store, with a digester

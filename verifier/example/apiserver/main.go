@@ -2,13 +2,16 @@
 // API server that verifies keys in-process (no network hop per request) and
 // lets only keys holding "posts:write" create posts.
 //
-//	KEYD_SECRET=… go run ./verifier/example/apiserver \
+//	KEYD_VERIFIER_CREDENTIAL=$(keyd verifier-credential) go run ./verifier/example/apiserver \
 //	    -nats nats://127.0.0.1:4222 \
 //	    -db 'postgres://postgres@127.0.0.1:5432/keyd?sslmode=disable'
 //	curl -X POST -H "Authorization: Bearer sk_…" http://127.0.0.1:8090/posts
 //
-// Use the NATS URL keyd dev printed and the deployment secret it keeps in
-// .keyd/secret (or your deployment's KEYD_SECRET).
+// Use the NATS URL keyd dev printed. The verifier credential (kvc_…) holds
+// only the digest key and keyd's public event key: this server can check
+// keys and events but cannot sign events or widget sessions, so it never
+// needs KEYD_SECRET. `keyd verifier-credential` prints it (from KEYD_SECRET,
+// or from keyd dev's data directory).
 package main
 
 import (
@@ -19,7 +22,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"time"
 
 	"github.com/keyd-dev/keyd/verifier"
@@ -28,23 +30,18 @@ import (
 func main() {
 	natsURL := flag.String("nats", "nats://127.0.0.1:4222", "keyd's NATS URL")
 	dbURL := flag.String("db", "postgres://postgres@127.0.0.1:5432/keyd?sslmode=disable", "keyd's Postgres URL")
-	secretFile := flag.String("secret-file", ".keyd/secret", "file holding the deployment secret, if KEYD_SECRET is unset")
 	addr := flag.String("addr", "127.0.0.1:8090", "listen address")
 	flag.Parse()
 
-	secret := os.Getenv("KEYD_SECRET")
-	if secret == "" {
-		b, err := os.ReadFile(*secretFile)
-		if err != nil {
-			log.Fatalf("set KEYD_SECRET or -secret-file: %v", err)
-		}
-		secret = strings.TrimSpace(string(b))
+	credential := os.Getenv("KEYD_VERIFIER_CREDENTIAL")
+	if credential == "" {
+		log.Fatal("set KEYD_VERIFIER_CREDENTIAL (keyd verifier-credential prints it)")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	bootCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	v, err := verifier.Connect(bootCtx, *natsURL, *dbURL, []byte(secret), verifier.WithMaxStaleness(30*time.Second))
+	v, err := verifier.Connect(bootCtx, *natsURL, *dbURL, credential, verifier.WithMaxStaleness(30*time.Second))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -18,13 +18,17 @@ ALTER TABLE verification_keys
     ADD COLUMN roles     text[] NOT NULL DEFAULT '{}',
     ADD COLUMN resources text[] NOT NULL DEFAULT '{}';
 
--- The role catalog.
+-- The role catalog. version is the role catalog's version (every row of one
+-- catalog has the same: each role event rewrites every row), for the
+-- readers' invariant on apply (eventstore.RoleCatalogInvariant), as
+-- permissions.version (0002_versions.sql).
 CREATE TABLE roles (
     slug        text PRIMARY KEY,
     description text NOT NULL,
     permissions text[] NOT NULL,
     status      text NOT NULL,
-    last_seq    bigint NOT NULL
+    last_seq    bigint NOT NULL,
+    version     bigint NOT NULL DEFAULT 0
 );
 
 -- Listing filters, each served by an index (where a filter matches most of
