@@ -216,9 +216,11 @@ type scenario struct {
 // scenarios in the order they are reported.
 var scenarios = []scenario{
 	{"verify_inprocess", "ns per in-process Verify, random keys", runVerifyInProcess},
+	{"verify_inprocess_roles", "ns per in-process Verify, keys with 3 roles and 5 resources", runVerifyRoles},
 	{"verify_http", "POST /v1/keys/verify requests/s", runVerifyHTTP},
 	{"verify_latency", "POST /v1/keys/verify latency at fixed rates (open loop)", runVerifyLatency},
 	{"revocation_propagation", "revoke sent → every verifier rejects the key", runRevocation},
+	{"role_propagation", "role redefined → every verifier gives the new verdict", runRolePropagation},
 	{"command_throughput", "key creations/s over NATS", runCommandThroughput},
 	{"projection_catchup", "events/s projected into empty read models", runCatchUp},
 	{"verifier_boot", "seconds to boot a verifier from the Postgres snapshot", runVerifierBoot},
@@ -227,8 +229,8 @@ var scenarios = []scenario{
 
 // runOrder runs the scenarios that share the verification snapshot one
 // after the other, so it is loaded once.
-var runOrder = []string{"verify_inprocess", "verify_http", "verify_latency", "verifier_boot",
-	"revocation_propagation", "command_throughput", "projection_catchup", "verify_scale"}
+var runOrder = []string{"verify_inprocess", "verify_inprocess_roles", "verify_http", "verify_latency", "verifier_boot",
+	"revocation_propagation", "role_propagation", "command_throughput", "projection_catchup", "verify_scale"}
 
 // Names returns the scenario names, in report order.
 func Names() []string {
@@ -445,7 +447,7 @@ func detail(r Result) string {
 		return fmt.Sprintf("%v keys: %v heap bytes per key (goal < 300), %v keys/s; raw read %v s",
 			p["keys"], p["bytes_per_key"], human(num(p["keys_per_sec"])), p["floor_seconds"])
 	}
-	return ""
+	return rolesDetail(r)
 }
 
 func num(v any) float64 {

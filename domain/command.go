@@ -12,6 +12,9 @@ import (
 type Meta struct {
 	Actor     *Actor `json:"actor"`
 	CommandID string `json:"-"`
+	// Scope limits the keys the command may touch (set by the HTTP edge
+	// for widget sessions, never from a body).
+	Scope Scope `json:"-"`
 }
 
 // CommandMeta returns m itself, for edges that set the actor or the command
@@ -26,6 +29,12 @@ type CreateKey struct {
 	Metadata    map[string]string `json:"metadata"`
 	Meta
 	IdempotencyKey string `json:"idempotency_key"`
+	// Owner is who the key belongs to (nil: the organization).
+	Owner *Owner `json:"owner"`
+	// Roles are granted roles (defined, active; at most 20).
+	Roles []string `json:"roles"`
+	// Resources restrict the key per resource type (at most 100).
+	Resources []string `json:"resources"`
 }
 
 // RevokeKey asks to revoke a key; revoking a revoked key changes nothing.
@@ -42,6 +51,10 @@ type SetPermissions struct {
 	Permissions     []string `json:"permissions"`
 	ExpectedVersion *int64   `json:"expected_version"`
 	Meta
+	// Roles and Resources, when given, replace the key's; at least one of
+	// permissions, roles and resources must be given.
+	Roles     []string `json:"roles"`
+	Resources []string `json:"resources"`
 }
 
 // UpdateKey renames a key or replaces its metadata (absent fields stay).
@@ -71,6 +84,29 @@ type DefinePermission struct {
 // RetirePermission retires a permission: it can no longer be granted and
 // verification stops reporting it.
 type RetirePermission struct {
+	Slug string `json:"slug"`
+	Meta
+}
+
+// RevokeUserKeys asks to revoke every key of a user in an organization that
+// is not revoked yet (offboarding).
+type RevokeUserKeys struct {
+	UserID string `json:"user_id"`
+	Reason string `json:"reason"`
+	Meta
+}
+
+// DefineRole creates or redefines a role of the role catalog.
+type DefineRole struct {
+	Slug        string   `json:"slug"`
+	Description string   `json:"description"`
+	Permissions []string `json:"permissions"`
+	Meta
+}
+
+// RetireRole retires a role: it can no longer be granted, and keys holding
+// it lose its permissions at verification.
+type RetireRole struct {
 	Slug string `json:"slug"`
 	Meta
 }

@@ -38,6 +38,15 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	if err != nil {
 		return CreateKeyResult{}, err
 	}
+	if cmd.Owner, err = createOwner(org, cmd.Owner, cmd.Scope); err != nil {
+		return CreateKeyResult{}, err
+	}
+	if cmd.Roles, err = NormalizeRoles(cmd.Roles); err != nil {
+		return CreateKeyResult{}, err
+	}
+	if cmd.Resources, err = NormalizeResources(cmd.Resources); err != nil {
+		return CreateKeyResult{}, err
+	}
 	if len(cmd.IdempotencyKey) > 200 {
 		return CreateKeyResult{}, Errorf(EInvalid, "idempotency_key must be at most 200 bytes")
 	}
@@ -60,6 +69,12 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 		var res CreateKeyResult
 		var done bool
 		if r, res, done, err = s.reserve(ctx, org, idem, keyID, now); done || err != nil {
+			if err == nil {
+				err = hiddenFromScope(cmd.Scope, res)
+			}
+			if err != nil {
+				return CreateKeyResult{}, err
+			}
 			return res, err
 		}
 		keyID = r.rec.KeyID
@@ -68,6 +83,12 @@ func (s *Service) CreateKey(ctx context.Context, org string, cmd CreateKey) (Cre
 	// idempotency lookup: a repeated create gets the first key even when its
 	// expires_at has passed or a permission was retired since.
 	res, attempted, err := s.createChecked(ctx, org, keyID, c, cmd, perms, r, now)
+	if err == nil {
+		// Another attempt of the same idempotency key may have landed first.
+		if err = hiddenFromScope(cmd.Scope, res); err != nil {
+			return CreateKeyResult{}, err
+		}
+	}
 	if err != nil && idem != "" && !r.takeOver && !(attempted && maybeAppended(err)) {
 		// Nothing was stored: the idempotency key is free again, unless a
 		// resend has taken the reservation over meanwhile (Release is by
@@ -160,6 +181,15 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 	if err := catalog.CheckGrantable(perms); err != nil {
 		return CreateKeyResult{}, false, err
 	}
+	var roles RoleCatalog
+	if len(cmd.Roles) > 0 {
+		if roles, _, err = s.Roles(ctx); err != nil {
+			return CreateKeyResult{}, false, err
+		}
+		if err := roles.CheckGrantable(cmd.Roles); err != nil {
+			return CreateKeyResult{}, false, err
+		}
+	}
 	o, _, err := s.loadOrg(ctx, org)
 	if err != nil {
 		return CreateKeyResult{}, false, err
@@ -167,7 +197,7 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 	if expires, err = o.Policy.ExpiresFor(expires, now); err != nil {
 		return CreateKeyResult{}, false, err
 	}
-	if err := o.Policy.CheckPermissions(perms); err != nil {
+	if err := o.Policy.CheckGrants(perms, cmd.Roles, roles); err != nil {
 		return CreateKeyResult{}, false, err
 	}
 	secret, err := s.newSecret()
@@ -175,6 +205,7 @@ func (s *Service) createChecked(ctx context.Context, org, keyID string, c comman
 		return CreateKeyResult{}, true, err
 	}
 	k := newKey(org, s.credential(keyID, secret), cmd.Name, perms, cmd.Metadata, expires, now)
+	k.Owner, k.Roles, k.Resources = *cmd.Owner, cmd.Roles, cmd.Resources
 	d := KeyCreatedData{Key: k, IdempotencyKey: cmd.IdempotencyKey}
 	var res CreateKeyResult
 	var mine bool
@@ -286,4 +317,29 @@ func (s *Service) appendCountedKey(ctx context.Context, c command, d KeyCreatedD
 		}
 	}
 	return CreateKeyResult{}, false, Errorf(EConflict, "organization %s is being changed by other writers; retry", k.OrgID)
+}
+
+// createOwner is the owner of a key created in org by a command of scope
+// sc that asked for o (nil: none). Errors: invalid_argument for an owner
+// that is not one (CheckOwner), permission_denied for one sc may not create.
+func createOwner(org string, o *Owner, sc Scope) (*Owner, error) {
+	own, err := CheckOwner(org, o)
+	if err != nil {
+		return nil, err
+	}
+	own, err = sc.ownerForCreate(org, own, o != nil)
+	if err != nil {
+		return nil, err
+	}
+	return &own, nil
+}
+
+// hiddenFromScope returns conflict when res, the key an idempotency key
+// already made, belongs to another member than a user-scope command's sc:
+// another member's key is not to be seen, even this way.
+func hiddenFromScope(sc Scope, res CreateKeyResult) error {
+	if sc.User != "" && (res.Key.Owner.Type != OwnerUser || res.Key.Owner.ID != sc.User) {
+		return Errorf(EConflict, "this idempotency_key was already used for another key; use a new one")
+	}
+	return nil
 }

@@ -29,6 +29,8 @@ const (
 	// Organization events (policy.go), on OrgSubject(org).
 	EventOrgPolicyChanged = "org.policy_changed"
 	EventOrgKeysCounted   = "org.keys_counted"
+	EventRoleDefined      = "role.defined"
+	EventRoleRetired      = "role.retired"
 )
 
 // Subjects in the KEYD_EVENTS stream.
@@ -36,6 +38,7 @@ const (
 	StreamName      = "KEYD_EVENTS"
 	EventSubjects   = "keyd.events.>"
 	CatalogSubject  = "keyd.events.permissions"
+	RolesSubject    = "keyd.events.roles"
 	keySubjectStart = "keyd.events.keys."
 )
 
@@ -100,6 +103,10 @@ type KeyPermissionsChangedData struct {
 	Permissions []string `json:"permissions"`
 	Previous    []string `json:"previous"`
 	Key         KeyState `json:"key"`
+	// Roles and Resources are the key's roles and resources after the
+	// event.
+	Roles     []string `json:"roles,omitempty"`
+	Resources []string `json:"resources,omitempty"`
 }
 
 // KeyRevokedData is the payload of key.revoked.
@@ -156,7 +163,7 @@ func DecodeEvent(b []byte) (Event, error) {
 		if !ValidOrgID(e.OrgID) || e.KeyID != "" {
 			return Event{}, Errorf(EInvalid, "organization event %s has an invalid org_id or a key_id", e.ID)
 		}
-	case e.Type == EventPermissionDefined, e.Type == EventPermissionRetired:
+	case e.Type == EventPermissionDefined, e.Type == EventPermissionRetired, e.IsRoleEvent():
 	default:
 		return Event{}, Errorf(EInvalid, "event %s has unknown type %q", e.ID, e.Type)
 	}
@@ -182,6 +189,32 @@ func (e Event) IsOrgEvent() bool {
 // IsNotice reports whether the event is a notice (key.expiring,
 // key.expired): it leaves the key's version as it was.
 func (e Event) IsNotice() bool { return e.Type == EventKeyExpiring || e.Type == EventKeyExpired }
+
+// IsRoleEvent reports whether the event belongs to the role catalog.
+func (e Event) IsRoleEvent() bool {
+	return e.Type == EventRoleDefined || e.Type == EventRoleRetired
+}
+
+// RoleEventData is the payload of role.defined and role.retired: the role
+// as the event left it, and the whole role catalog after it, at its version
+// (one more than before the event).
+type RoleEventData struct {
+	Role    Role   `json:"role"`
+	Roles   []Role `json:"roles"`
+	Version int64  `json:"version"`
+}
+
+// RoleCatalog returns the role catalog after this role event.
+func (e Event) RoleCatalog() (RoleCatalog, error) {
+	if !e.IsRoleEvent() {
+		return RoleCatalog{}, Errorf(EInvalid, "event %s (%s) is not a role event", e.ID, e.Type)
+	}
+	var d RoleEventData
+	if err := json.Unmarshal(e.Data, &d); err != nil || d.Version < 1 {
+		return RoleCatalog{}, Errorf(EInvalid, "event %s carries no role catalog", e.ID)
+	}
+	return NewRoleCatalog(d.Roles, d.Version), nil
+}
 
 // KeyState returns the state of the key after this key event.
 func (e Event) KeyState() (KeyState, error) {
@@ -220,6 +253,9 @@ func (e Event) Catalog() (Catalog, error) {
 // must not be applied.
 func (e Event) CheckSubject(subject string) error {
 	want := CatalogSubject
+	if e.IsRoleEvent() {
+		want = RolesSubject
+	}
 	if e.IsKeyEvent() {
 		want = KeySubject(e.OrgID, e.KeyID)
 	} else if e.IsOrgEvent() {

@@ -30,7 +30,9 @@ const (
 	MaxGracePeriod      = 30 * 24 * time.Hour
 )
 
-// Owner is who a key belongs to. Today every key is owned by its organization.
+// Owner is who a key belongs to: its organization ({"type":
+// "organization", "id": <org>}) or one of its users ({"type": "user", "id":
+// <user id>}). It never changes.
 type Owner struct {
 	Type string `json:"type"`
 	ID   string `json:"id"`
@@ -69,6 +71,11 @@ type KeyState struct {
 	// LeakedURLs are the urls of the leak reports recorded (key.leaked),
 	// oldest first, at most MaxLeakURLs.
 	LeakedURLs []string `json:"leaked_urls,omitempty"`
+	// Roles and Resources are what was granted (sorted; retired roles
+	// included); events written before roles and resources existed have
+	// none.
+	Roles     []string `json:"roles"`
+	Resources []string `json:"resources"`
 }
 
 // KeyView is the public shape of a key (the contract's KeyView).
@@ -86,6 +93,8 @@ type KeyView struct {
 	LastUsedAt  *time.Time        `json:"last_used_at"`
 	Metadata    map[string]string `json:"metadata"`
 	Version     int64             `json:"version"`
+	Roles       []string          `json:"roles"`
+	Resources   []string          `json:"resources"`
 }
 
 // EffectiveStatus is the status at time now, the first that applies:
@@ -118,13 +127,24 @@ func (k KeyState) View(now time.Time, lastUsed *time.Time) KeyView {
 		Permissions: perms, Status: k.EffectiveStatus(now), CreatedAt: k.CreatedAt,
 		ExpiresAt: k.ExpiresAt, RevokedAt: k.RevokedAt, LastUsedAt: lastUsed,
 		Metadata: md, Version: k.Version,
+		Roles: orEmpty(k.Roles), Resources: orEmpty(k.Resources),
 	}
+}
+
+// orEmpty is ss, or [] for nil (the contract's JSON has [], never null).
+func orEmpty(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
 }
 
 func (k KeyState) clone() KeyState {
 	k.Permissions = slices.Clone(k.Permissions)
 	k.Metadata = maps.Clone(k.Metadata)
 	k.LeakedURLs = slices.Clone(k.LeakedURLs)
+	k.Roles = slices.Clone(k.Roles)
+	k.Resources = slices.Clone(k.Resources)
 	return k
 }
 
@@ -217,6 +237,7 @@ func newKey(org string, c Credential, name string, perms []string, md map[string
 		ID: c.KeyID, OrgID: org, Name: name, Owner: Owner{Type: "organization", ID: org},
 		Mask: c.Mask, Digest: c.Digest, Permissions: perms,
 		Status: StatusActive, CreatedAt: now, ExpiresAt: expires, Metadata: md, Version: 1,
+		Roles: []string{}, Resources: []string{},
 	}
 }
 
@@ -287,22 +308,23 @@ func (k KeyState) Update(name *string, md map[string]string, now time.Time) (d K
 }
 
 // Rotate decides replacing the key by a new one, known by next, with the
-// same name, permissions, metadata and expiry (capped at now + the policy's
-// max_lifetime_seconds, or given that when it had none and p requires one):
-// created is the new key's payload, rotated the old key's, which now expires
-// after grace (whole seconds; 0: now) but never later than it already did.
-// Both events are appended together.
+// same name, owner, permissions, roles, resources, metadata and expiry
+// (capped at now + the policy's max_lifetime_seconds, or given that when it
+// had none and p requires one): created is the new key's payload, rotated
+// the old key's, which now expires after grace (whole seconds; 0: now) but
+// never later than it already did. Both events are appended together.
 // Errors: failed_precondition for a revoked, expired or suspended key, or
-// naming the policy p (a permission outside allowed_permissions;
-// require_expiry without max_lifetime_seconds for a key without expiry).
-func (k KeyState) Rotate(next Credential, grace time.Duration, p Policy, now time.Time) (created KeyCreatedData, rotated KeyRotatedData, err error) {
+// naming the policy p (a permission, own or through one of its roles in
+// roles, outside allowed_permissions; require_expiry without
+// max_lifetime_seconds for a key without expiry).
+func (k KeyState) Rotate(next Credential, grace time.Duration, p Policy, roles RoleCatalog, now time.Time) (created KeyCreatedData, rotated KeyRotatedData, err error) {
 	if err := k.checkMutable(now, "rotated"); err != nil {
 		return KeyCreatedData{}, KeyRotatedData{}, err
 	}
 	if k.Status == StatusSuspended {
 		return KeyCreatedData{}, KeyRotatedData{}, Errorf(EPrecondition, "key %s is suspended; resume it before rotating it", k.ID)
 	}
-	if err := p.CheckPermissions(k.Permissions); err != nil {
+	if err := p.CheckGrants(k.Permissions, k.Roles, roles); err != nil {
 		return KeyCreatedData{}, KeyRotatedData{}, err
 	}
 	newExp := k.ExpiresAt
@@ -318,6 +340,7 @@ func (k KeyState) Rotate(next Credential, grace time.Duration, p Policy, now tim
 	}
 	nk := newKey(k.OrgID, next, k.Name, slices.Clone(k.Permissions), maps.Clone(k.Metadata), newExp, now)
 	nk.RotatedFrom = k.ID
+	nk.Owner, nk.Roles, nk.Resources = k.Owner, slices.Clone(orEmpty(k.Roles)), slices.Clone(orEmpty(k.Resources))
 	o := k.clone()
 	exp := now.Add(grace)
 	if k.ExpiresAt != nil && k.ExpiresAt.Before(exp) {

@@ -192,7 +192,7 @@ func TestViewShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := slices.Sorted(mapKeys(m))
-	want := []string{"created_at", "expires_at", "id", "last_used_at", "mask", "metadata", "name", "org_id", "owner", "permissions", "revoked_at", "status", "version"}
+	want := []string{"created_at", "expires_at", "id", "last_used_at", "mask", "metadata", "name", "org_id", "owner", "permissions", "resources", "revoked_at", "roles", "status", "version"}
 	if !slices.Equal(got, want) {
 		t.Errorf("KeyView JSON keys = %q, want %q", got, want)
 	}
@@ -444,7 +444,7 @@ func TestKeyRotate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			was := deepCopy(tt.k)
-			created, rotated, err := tt.k.Rotate(next, tt.grace, domain.DefaultPolicy("org_1"), ruleNow)
+			created, rotated, err := tt.k.Rotate(next, tt.grace, domain.DefaultPolicy("org_1"), domain.RoleCatalog{}, ruleNow)
 			wantRuleErr(t, err, tt.code, "cannot be rotated")
 			unchangedInput(t, tt.k, was)
 			if err != nil {
@@ -455,6 +455,7 @@ func TestKeyRotate(t *testing.T) {
 				Mask: next.Mask, Digest: next.Digest, Permissions: []string{"a", "b"}, Status: domain.StatusActive,
 				CreatedAt: ruleNow, Metadata: map[string]string{"team": "ops"}, RotatedFrom: tt.k.ID, Version: 1,
 				ExpiresAt: tt.k.ExpiresAt, // v1.1: the new key keeps the old key's expiry
+				Roles:     []string{}, Resources: []string{},
 			}
 			if !reflect.DeepEqual(created, domain.KeyCreatedData{Key: wantNew, RotatedFrom: tt.k.ID}) {
 				t.Errorf("created %+v,\nwant key %+v", created, wantNew)

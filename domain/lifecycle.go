@@ -255,6 +255,11 @@ func (s *Service) SuspendKey(ctx context.Context, org string, cmd SuspendKey) (K
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeySuspended, retry: true}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
+		// Like a revoke: an organization-scope session may suspend any key
+		// of its organization, members' keys included.
+		if err := cmd.Scope.checkKey(k, false); err != nil {
+			return nil, false, err
+		}
 		return k.Suspend(cmd.Reason, now)
 	})
 }
@@ -268,6 +273,9 @@ func (s *Service) ResumeKey(ctx context.Context, org string, cmd ResumeKey) (Key
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyResumed, retry: true}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
+		if err := cmd.Scope.checkKey(k, true); err != nil {
+			return nil, false, err
+		}
 		return k.Resume(now)
 	})
 }
@@ -284,6 +292,9 @@ func (s *Service) SetKeyExpiry(ctx context.Context, org string, cmd SetExpiry) (
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyExpiryChanged, retry: true}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
+		if err := cmd.Scope.checkKey(k, true); err != nil {
+			return nil, false, err
+		}
 		o, _, err := s.loadOrg(ctx, org)
 		if err != nil {
 			return nil, false, err

@@ -441,3 +441,29 @@ func (s *Service) admitKey(ctx context.Context, o OrgState, id string, exp *time
 func orgChange[S any](o OrgState, seq uint64) change[S] {
 	return change[S]{typ: EventOrgKeysCounted, org: o.Policy.OrgID, data: OrgEventData{Org: o}, subj: OrgSubject(o.Policy.OrgID), expected: seq}
 }
+
+// CheckGrants is CheckPermissions for everything a key is granted: its own
+// permissions perms and the permissions of each of its roles that roles
+// holds active (a retired role grants nothing). The error names the role a
+// permission comes through.
+func (p Policy) CheckGrants(perms, roleSlugs []string, roles RoleCatalog) error {
+	if p.AllowedPermissions == nil {
+		return nil
+	}
+	if err := p.CheckPermissions(perms); err != nil {
+		return err
+	}
+	for _, slug := range roleSlugs {
+		r, ok := roles.Get(slug)
+		if !ok || r.Status != PermissionActive {
+			continue
+		}
+		for _, s := range r.Permissions {
+			if _, ok := slices.BinarySearch(p.AllowedPermissions, s); !ok {
+				return Errorf(EPrecondition, "organization policy allowed_permissions: role %q grants permission %q, which is not allowed in organization %s (allowed: %s)",
+					slug, s, p.OrgID, allowedList(p.AllowedPermissions))
+			}
+		}
+	}
+	return nil
+}

@@ -53,6 +53,11 @@ type Service struct {
 	// OrgKeys lists an organization's keys for set_policy's first count
 	// under max_active_keys (policy.go); nil counts none.
 	OrgKeys OrgKeys
+	// Keys finds a user's keys for RevokeUserKeys (nil: that command is
+	// unavailable).
+	Keys KeyDirectory
+	// roles is the last role catalog Roles decoded (as catalog).
+	roles atomic.Pointer[decodedRoles]
 }
 
 type decodedCatalog struct {
@@ -289,12 +294,16 @@ func (s *Service) RevokeKey(ctx context.Context, org string, cmd RevokeKey) (Key
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyRevoked, retry: true}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
+		if err := cmd.Scope.checkKey(k, false); err != nil {
+			return nil, false, err
+		}
 		d, changed := k.Revoke(cmd.Reason, now)
 		return d, changed, nil
 	})
 }
 
-// SetPermissions replaces a key's permissions. Every permission must be
+// SetPermissions replaces a key's permissions, roles and/or resources
+// (each given field; at least one). Every permission and role must be
 // defined and active. With ExpectedVersion the command applies only to that
 // version (conflict otherwise) and is not retried.
 func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermissions) (KeyResult, error) {
@@ -302,28 +311,61 @@ func (s *Service) SetPermissions(ctx context.Context, org string, cmd SetPermiss
 	if err != nil {
 		return KeyResult{}, err
 	}
-	if cmd.Permissions == nil {
-		return KeyResult{}, Errorf(EInvalid, "permissions is required (an array of slugs; [] removes all)")
+	if cmd.Permissions == nil && cmd.Roles == nil && cmd.Resources == nil {
+		return KeyResult{}, Errorf(EInvalid, "give permissions, roles and/or resources (arrays; [] removes all)")
 	}
-	perms, err := NormalizePermissions(cmd.Permissions)
-	if err != nil {
-		return KeyResult{}, err
+	var g Grants
+	if cmd.Permissions != nil {
+		if g.Permissions, err = NormalizePermissions(cmd.Permissions); err != nil {
+			return KeyResult{}, err
+		}
+	}
+	if cmd.Roles != nil {
+		if g.Roles, err = NormalizeRoles(cmd.Roles); err != nil {
+			return KeyResult{}, err
+		}
+	}
+	if cmd.Resources != nil {
+		if g.Resources, err = NormalizeResources(cmd.Resources); err != nil {
+			return KeyResult{}, err
+		}
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyPermissionsChanged, retry: cmd.ExpectedVersion == nil}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
 		// Looked up on every attempt: a retire that landed meanwhile counts.
-		catalog, err := s.catalogFor(ctx, perms)
+		catalog, err := s.catalogFor(ctx, g.Permissions)
 		if err != nil {
+			return nil, false, err
+		}
+		if err := cmd.Scope.checkKey(k, true); err != nil {
 			return nil, false, err
 		}
 		o, _, err := s.loadOrg(ctx, org)
 		if err != nil {
 			return nil, false, err
 		}
-		if err := o.Policy.CheckPermissions(perms); err != nil {
-			return nil, false, err
+		// The policy holds the grant as it will be: what is given replaces,
+		// the rest stays (a call that gives only resources narrows the key
+		// and is not refused for what it already held).
+		granted, grantedRoles := k.Permissions, k.Roles
+		if g.Permissions != nil {
+			granted = g.Permissions
 		}
-		return k.SetPermissions(perms, catalog, cmd.ExpectedVersion, now)
+		if g.Roles != nil {
+			grantedRoles = g.Roles
+		}
+		var roles RoleCatalog
+		if len(g.Roles) > 0 || (o.Policy.AllowedPermissions != nil && len(grantedRoles) > 0) {
+			if roles, _, err = s.Roles(ctx); err != nil {
+				return nil, false, err
+			}
+		}
+		if g.Permissions != nil || g.Roles != nil {
+			if err := o.Policy.CheckGrants(granted, grantedRoles, roles); err != nil {
+				return nil, false, err
+			}
+		}
+		return k.SetGrants(g, catalog, roles, cmd.Scope, cmd.ExpectedVersion, now)
 	})
 }
 
@@ -346,6 +388,9 @@ func (s *Service) UpdateKey(ctx context.Context, org string, cmd UpdateKey) (Key
 	}
 	w := write[KeyState]{cmd: c, evType: EventKeyUpdated, retry: true}
 	return s.keyCommand(ctx, org, cmd.KeyID, w, func(k KeyState, now time.Time) (keyEventData, bool, error) {
+		if err := cmd.Scope.checkKey(k, true); err != nil {
+			return nil, false, err
+		}
 		return k.Update(cmd.Name, cmd.Metadata, now)
 	})
 }
@@ -379,11 +424,20 @@ func (s *Service) RotateKey(ctx context.Context, org string, cmd RotateKey) (Rot
 	next := s.credential(newID, secret)
 	w := write[KeyState]{aggregate: keyAggregate(org, cmd.KeyID), cmd: c, evType: EventKeyRotated, retry: true}
 	out, err := mutate(ctx, s, w, func(k KeyState, now time.Time) ([]change[KeyState], error) {
+		if err := cmd.Scope.checkKey(k, true); err != nil {
+			return nil, err
+		}
 		o, oseq, err := s.loadOrg(ctx, org)
 		if err != nil {
 			return nil, err
 		}
-		created, rotated, err := k.Rotate(next, grace, o.Policy, now)
+		var roles RoleCatalog
+		if o.Policy.AllowedPermissions != nil && len(k.Roles) > 0 {
+			if roles, _, err = s.Roles(ctx); err != nil {
+				return nil, err
+			}
+		}
+		created, rotated, err := k.Rotate(next, grace, o.Policy, roles, now)
 		if err != nil {
 			return nil, err
 		}

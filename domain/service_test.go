@@ -332,7 +332,7 @@ func TestCreateKeyReply(t *testing.T) {
 	if err := json.Unmarshal(reply["key"], &view); err != nil {
 		t.Fatal(err)
 	}
-	wantKeys := []string{"created_at", "expires_at", "id", "last_used_at", "mask", "metadata", "name", "org_id", "owner", "permissions", "revoked_at", "status", "version"}
+	wantKeys := []string{"created_at", "expires_at", "id", "last_used_at", "mask", "metadata", "name", "org_id", "owner", "permissions", "resources", "revoked_at", "roles", "status", "version"}
 	if got := slices.Sorted(mapKeys(view)); !slices.Equal(got, wantKeys) {
 		t.Errorf("KeyView keys = %q, want %q", got, wantKeys)
 	}

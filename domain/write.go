@@ -71,6 +71,8 @@ type change[S any] struct {
 	// it.
 	subj     string
 	expected uint64
+	// roles marks an event of the role catalog (keyID empty).
+	roles bool
 }
 
 // keyChange is the change of event typ with payload d on d's key.
@@ -82,6 +84,9 @@ func keyChange(typ string, d keyEventData) change[KeyState] {
 func (c change[S]) subject() string {
 	if c.subj != "" {
 		return c.subj
+	}
+	if c.roles {
+		return RolesSubject
 	}
 	if c.keyID == "" {
 		return CatalogSubject
@@ -199,6 +204,9 @@ func mutate[S any](ctx context.Context, s *Service, w write[S], decide func(st S
 			data, err := s.event(c.typ, c.org, c.keyID, now, w.cmd, expected, c.data)
 			if err != nil {
 				return outcome[S]{}, err
+			}
+			if c.roles {
+				msgID = w.cmd.id + ":roles"
 			}
 			m := AppendMsg{Subject: c.subject(), ExpectedSequence: expected, MsgID: msgID, Type: c.typ, Data: data}
 			msgs = append(msgs, m)

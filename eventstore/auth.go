@@ -160,6 +160,16 @@ func CatalogInvariant(lastVersion, version int64) string {
 	return RejectVersion
 }
 
+// RoleCatalogInvariant returns why a role catalog event (role.defined,
+// role.retired) carrying version is set aside given the role catalog
+// version the reader has applied, or "": the rule of CatalogInvariant,
+// version = previous + 1 (role events always carry one; an event without
+// one is applied only while the role catalog has no version yet, as for the
+// permission catalog).
+func RoleCatalogInvariant(lastVersion, version int64) string {
+	return CatalogInvariant(lastVersion, version)
+}
+
 // Chained reports whether a signed event's payload data names, as its
 // prev_sequence (domain.Event.PrevSequence), the guard the stream stored
 // with it (header Nats-Expected-Last-Subject-Sequence, or the store's own

@@ -24,6 +24,7 @@ const (
 	PermissionsTable  = "permissions"       // the permission catalog
 	VerificationTable = "verification_keys" // the verifiers' snapshot
 	PoliciesTable     = "policies"          // organization policies (0003_lifecycle.sql)
+	RolesTable        = "roles"             // the role catalog (0004_owners_roles_resources.sql)
 )
 
 // checkpointQuery reads one projection's checkpoint.

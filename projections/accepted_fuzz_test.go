@@ -26,9 +26,11 @@ import (
 
 // FuzzAcceptedCommands (issue 10, "text every store can hold"): whatever
 // command keyd accepts, its read models and verifiers can apply. Each input
-// is one command (create, update, revoke, rotate, set_permissions or define)
-// whose names, metadata keys and values, reasons, descriptions, actor ids,
-// idempotency keys and command ids are the fuzzer's strings. It runs through
+// is one command (create, update, revoke, rotate, set_permissions, define or
+// roles.define) whose names, metadata keys and values, reasons, descriptions,
+// actor ids, idempotency keys, command ids, owner ids and resource ids are
+// the fuzzer's strings (pick's bits add an owner, a role and a resource to
+// a create, and a role to a set_permissions). It runs through
 // the real edge (the NATS responder, or the command Runner both edges share)
 // and the real domain service onto a real in-process JetStream; a command
 // the edge refuses is skipped. An accepted one must then be applied by the
@@ -54,6 +56,7 @@ func FuzzAcceptedCommands(f *testing.F) {
 		rotate
 		setPerms
 		define
+		defineRole
 		ops
 	)
 	for _, s := range []seed{
@@ -87,6 +90,15 @@ func FuzzAcceptedCommands(f *testing.F) {
 		{create, 0, false, "n", "k", "\u2066x\u2069", "", "alice"},
 		{revoke, 1, false, "a\r\nb", "", "", "", "alice"},
 		{rotate, 0, false, "", "", "", "id\u0085", "alice"}, // command id
+		// Owners, roles and resources (issue 12).
+		{defineRole, 1, false, "Edits posts:\n\t- write", "", "", "", "admin"},
+		{defineRole, 3, true, "Role <b>", "", "", "", "admin"},
+		{defineRole, 1, false, "r\x00", "", "", "", "admin"},
+		{create, 0x70, false, "owned, with role and resource", "alice", "p_1", "", "alice"},
+		{create, 0x60, true, "owned over NATS", "bob@example.com", "p/2", "", "bob"},
+		{create, 0x40, false, "bad owner", "al\x00ice", "", "", "alice"},
+		{create, 0x20, false, "bad resource", "", "p\u202e1", "", "alice"},
+		{setPerms, 0x13, false, "", "", "", "", "alice"},
 	} {
 		f.Add(s.op, s.pick, s.overNATS, s.a, s.b, s.c, s.d, s.e)
 	}
@@ -99,8 +111,17 @@ func FuzzAcceptedCommands(f *testing.F) {
 		switch op % ops {
 		case create:
 			body := map[string]any{"name": a, "idempotency_key": d}
-			if b != "" {
+			if b != "" && pick&0x40 == 0 {
 				body["metadata"] = map[string]string{b: c}
+			}
+			if pick&0x40 != 0 {
+				body["owner"] = map[string]string{"type": domain.OwnerUser, "id": b}
+			}
+			if pick&0x20 != 0 {
+				body["resources"] = []string{"project:" + c}
+			}
+			if pick&0x10 != 0 {
+				body["roles"] = []string{"fuzz-role-0"}
 			}
 			cmd = w.run(t, commands.Create, overNATS, "", d, e, pick, body)
 		case update:
@@ -127,9 +148,21 @@ func FuzzAcceptedCommands(f *testing.F) {
 					perms = append(perms, fmt.Sprintf("fuzz:p%d", i))
 				}
 			}
-			cmd = w.run(t, commands.SetPermissions, overNATS, k, d, e, pick, map[string]any{"key_id": k, "permissions": perms})
+			body := map[string]any{"key_id": k, "permissions": perms}
+			if pick&0x10 != 0 {
+				body["roles"] = []string{fmt.Sprintf("fuzz-role-%d", pick>>5&1)}
+			}
+			cmd = w.run(t, commands.SetPermissions, overNATS, k, d, e, pick, body)
 		case define:
 			cmd = w.run(t, commands.Define, overNATS, "", d, e, pick, map[string]any{"slug": fmt.Sprintf("fuzz:p%d", pick%4), "description": a})
+		case defineRole:
+			perms := []string{}
+			for i := range 4 {
+				if pick&(1<<i) != 0 {
+					perms = append(perms, fmt.Sprintf("fuzz:p%d", i))
+				}
+			}
+			cmd = w.run(t, commands.DefineRole, overNATS, "", d, e, pick, map[string]any{"slug": fmt.Sprintf("fuzz-role-%d", pick>>4&1), "description": a, "permissions": perms})
 		}
 		if cmd.skipped {
 			return
@@ -216,7 +249,7 @@ type accepted struct {
 // such a session is issued only for a user id that passes the same check).
 func (w *acceptWorld) run(t *testing.T, name string, overNATS bool, keyID, commandID, actorID string, pick uint8, body map[string]any) accepted {
 	t.Helper()
-	if keyID == "" && name != commands.Create && name != commands.Define {
+	if keyID == "" && name != commands.Create && name != commands.Define && name != commands.DefineRole {
 		return accepted{skipped: true}
 	}
 	tr := commands.Transport{CommandID: commandID}
@@ -234,8 +267,11 @@ func (w *acceptWorld) run(t *testing.T, name string, overNATS bool, keyID, comma
 	var code string
 	if overNATS && !strings.ContainsAny(commandID, "\r\n\x00") {
 		subject := "keyd.cmd.keys." + w.org + "." + name
-		if name == commands.Define {
+		switch name {
+		case commands.Define:
 			subject = "keyd.cmd.permissions.define"
+		case commands.DefineRole:
+			subject = "keyd.cmd.roles.define"
 		}
 		m := nats.NewMsg(subject)
 		m.Data = payload
@@ -264,6 +300,7 @@ func (w *acceptWorld) run(t *testing.T, name string, overNATS bool, keyID, comma
 		if after := w.events.LastSeq(t); after != before {
 			w.fail(t, "%s %s was refused (%s) but the stream went from %d to %d", name, payload, code, before, after)
 		}
+		t.Logf("refused (skipped): %s %s: %s %s", name, payload, code, data)
 		return accepted{skipped: true}
 	}
 	var r struct {
@@ -368,6 +405,22 @@ func (w *acceptWorld) check(t *testing.T, a accepted) {
 		}
 		return
 	}
+	if a.name == commands.DefineRole {
+		var r domain.RoleResult
+		if err := json.Unmarshal(a.reply, &r); err != nil {
+			t.Fatal(err)
+		}
+		list, err := w.reads.ListRoles(ctx)
+		if err != nil {
+			w.fail(t, "list roles: %v", err)
+		}
+		if !slices.ContainsFunc(list, func(x domain.Role) bool {
+			return x.Slug == r.Role.Slug && x.Description == r.Role.Description && slices.Equal(x.Permissions, r.Role.Permissions)
+		}) {
+			w.fail(t, "the role read model %+v lacks %+v", list, r.Role)
+		}
+		return
+	}
 	for _, id := range a.keyIDs {
 		w.checkKey(t, ctx, a, id)
 	}
@@ -390,7 +443,8 @@ func (w *acceptWorld) checkKey(t *testing.T, ctx context.Context, a accepted, id
 		w.fail(t, "read model: key %s after %s: %v", id, a.reply, err)
 	}
 	if got.Name != want.Name || !maps.Equal(got.Metadata, want.Metadata) || !slices.Equal(got.Permissions, want.Permissions) ||
-		got.Version != want.Version || (got.Status == domain.StatusRevoked) != (want.Status == domain.StatusRevoked) {
+		got.Version != want.Version || (got.Status == domain.StatusRevoked) != (want.Status == domain.StatusRevoked) ||
+		got.Owner != want.Owner || !slices.Equal(orNone(got.Roles), orNone(want.Roles)) || !slices.Equal(orNone(got.Resources), orNone(want.Resources)) {
 		w.fail(t, "read model row %+v does not match the key %+v after %s", got, want, a.reply)
 	}
 	secret := w.secretOf(id)
@@ -407,8 +461,17 @@ func (w *acceptWorld) checkKey(t *testing.T, ctx context.Context, a accepted, id
 		}
 		return
 	}
+	perms, _, err := w.runner.Service.Catalog(ctx)
+	if err != nil {
+		w.fail(t, "catalog: %v", err)
+	}
+	roles, _, err := w.runner.Service.Roles(ctx)
+	if err != nil {
+		w.fail(t, "roles: %v", err)
+	}
 	k := res.Key
-	if k.ID != id || k.Name != want.Name || !maps.Equal(k.Metadata, want.Metadata) || !slices.Equal(k.Permissions, want.Permissions) {
+	if k.ID != id || k.Name != want.Name || !maps.Equal(k.Metadata, want.Metadata) || k.Owner != want.Owner ||
+		!slices.Equal(k.Permissions, domain.Effective(want.Permissions, want.Roles, perms, roles)) || !slices.Equal(k.Resources, orNone(want.Resources)) {
 		w.fail(t, "the verifier's key %+v does not match the key %+v after %s", k, want, a.reply)
 	}
 }
@@ -418,4 +481,11 @@ func (w *acceptWorld) fail(t *testing.T, format string, args ...any) {
 	t.Helper()
 	w.broken = fmt.Sprintf(format, args...)
 	t.Fatalf("%s\nkeyd's warnings and errors so far:\n%s", w.broken, w.logs.String())
+}
+
+func orNone(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
 }

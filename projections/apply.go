@@ -29,6 +29,7 @@ type Tables struct {
 	Verification string // verification_keys, the verifier's snapshot
 	Checkpoint   string // name of the row in projection_checkpoints
 	Policies     string // organization policies (0003_lifecycle.sql)
+	Roles        string // the role catalog
 }
 
 // DefaultTables are the live read models of migrations/0001_read_models.sql,
@@ -43,6 +44,7 @@ var DefaultTables = Tables{
 	Verification: migrations.VerificationTable,
 	Checkpoint:   migrations.ReadModelsProjection,
 	Policies:     migrations.PoliciesTable,
+	Roles:        migrations.RolesTable,
 }
 
 // checkpoints is the checkpoint table, as an SQL identifier.
@@ -50,7 +52,7 @@ var checkpoints = ident(migrations.CheckpointsTable)
 
 // list returns the table names in a fixed order.
 func (t Tables) list() []string {
-	return []string{t.Keys, t.Audit, t.Permissions, t.Verification, t.Policies}
+	return []string{t.Keys, t.Audit, t.Permissions, t.Verification, t.Policies, t.Roles}
 }
 
 // EventError is an event a projection cannot apply: its envelope does not
@@ -85,6 +87,9 @@ type decoded struct {
 	catalog        []domain.Permission // catalog events: the full catalog after it
 	catalogVersion int64               // catalog events: the catalog's version after it
 	org            *domain.OrgState    // organization events: the organization after it
+	roles          []domain.Role       // role events: the full role catalog after it
+	role           string              // role events: the role the event changed
+	rolesVersion   int64               // role events: the role catalog's version after it
 }
 
 // decodeRecord decodes a stream record. Errors are *EventError.
@@ -120,6 +125,20 @@ func decodeRecord(r domain.Record) (decoded, error) {
 			return fail(err)
 		}
 		d.org = &o
+		return d, nil
+	}
+	if ev.IsRoleEvent() {
+		rc, err := ev.RoleCatalog()
+		if err != nil {
+			return fail(err)
+		}
+		var one struct {
+			Role domain.Role `json:"role"`
+		}
+		if err := json.Unmarshal(ev.Data, &one); err != nil {
+			return fail(err)
+		}
+		d.roles, d.role, d.rolesVersion = rc.List(), one.Role.Slug, rc.Version()
 		return d, nil
 	}
 	c, err := ev.Catalog()
@@ -172,6 +191,9 @@ type statements struct {
 	catalogVersion   string
 	upsertPolicies   string
 	orgVersions      string
+	upsertRoles      string
+	effective        string
+	rolesVersion     string
 }
 
 func statementsFor(t Tables) *statements {
@@ -183,33 +205,35 @@ func statementsFor(t Tables) *statements {
 		updateCheckpoint: `UPDATE ` + checkpoints + ` SET last_seq = $2, updated_at = now() WHERE name = $1`,
 		upsertKeys: `INSERT INTO ` + id(t.Keys) + ` AS t
   (key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq,
-   expiring_noticed, expired_noticed)
+   expiring_noticed, expired_noticed, roles, resources)
 SELECT u.key_id, u.org_id, u.name, u.owner_type, u.owner_id, u.mask, u.permissions::text[], u.status,
        u.created_at, u.expires_at, u.revoked_at, u.metadata::jsonb, u.version, u.last_seq,
-       u.expiring_noticed, u.expired_noticed
+       u.expiring_noticed, u.expired_noticed, u.roles::text[], u.resources::text[]
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
             $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::text[], $13::int8[], $14::int8[],
-            $15::timestamptz[], $16::timestamptz[])
+            $15::timestamptz[], $16::timestamptz[], $17::text[], $18::text[])
   AS u(key_id, org_id, name, owner_type, owner_id, mask, permissions, status, created_at, expires_at, revoked_at, metadata, version, last_seq,
-       expiring_noticed, expired_noticed)
+       expiring_noticed, expired_noticed, roles, resources)
 ON CONFLICT (key_id) DO UPDATE SET
   org_id = excluded.org_id, name = excluded.name, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
   mask = excluded.mask, permissions = excluded.permissions, status = excluded.status, created_at = excluded.created_at,
   expires_at = excluded.expires_at, revoked_at = excluded.revoked_at, metadata = excluded.metadata,
   version = excluded.version, last_seq = excluded.last_seq,
-  expiring_noticed = excluded.expiring_noticed, expired_noticed = excluded.expired_noticed
+  expiring_noticed = excluded.expiring_noticed, expired_noticed = excluded.expired_noticed,
+  roles = excluded.roles, resources = excluded.resources
 WHERE t.last_seq < excluded.last_seq`,
 		upsertVerif: `INSERT INTO ` + id(t.Verification) + ` AS t
-  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq)
+  (digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq, roles, resources)
 SELECT u.digest, u.key_id, u.org_id, u.owner_type, u.owner_id, u.name, u.permissions::text[], u.expires_at,
-       u.status, u.metadata::jsonb, u.version, u.last_seq
+       u.status, u.metadata::jsonb, u.version, u.last_seq, u.roles::text[], u.resources::text[]
 FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[])
-  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq)
+            $8::timestamptz[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[])
+  AS u(digest, key_id, org_id, owner_type, owner_id, name, permissions, expires_at, status, metadata, version, last_seq, roles, resources)
 ON CONFLICT (digest) DO UPDATE SET
   key_id = excluded.key_id, org_id = excluded.org_id, owner_type = excluded.owner_type, owner_id = excluded.owner_id,
   name = excluded.name, permissions = excluded.permissions, expires_at = excluded.expires_at,
-  status = excluded.status, metadata = excluded.metadata, version = excluded.version, last_seq = excluded.last_seq
+  status = excluded.status, metadata = excluded.metadata, version = excluded.version, last_seq = excluded.last_seq,
+  roles = excluded.roles, resources = excluded.resources
 WHERE t.last_seq < excluded.last_seq`,
 		insertAudit: `INSERT INTO ` + id(t.Audit) + `
   (seq, org_id, key_id, event_id, type, occurred_at, envelope)
@@ -236,6 +260,28 @@ ON CONFLICT (org_id) DO UPDATE SET
   allowed_cidrs = excluded.allowed_cidrs, last_seq = excluded.last_seq, version = excluded.version
 WHERE t.last_seq < excluded.last_seq`,
 		orgVersions: `SELECT org_id, version FROM ` + id(t.Policies) + ` WHERE org_id = ANY($1::text[])`,
+		upsertRoles: `INSERT INTO ` + id(t.Roles) + ` AS t (slug, description, permissions, status, last_seq, version)
+SELECT u.slug, u.description, u.permissions::text[], u.status, $5::int8, $6::int8
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(slug, description, permissions, status)
+ON CONFLICT (slug) DO UPDATE SET
+  description = excluded.description, permissions = excluded.permissions, status = excluded.status,
+  last_seq = excluded.last_seq, version = excluded.version
+WHERE t.last_seq < excluded.last_seq`,
+		rolesVersion: `SELECT coalesce(max(version), 0) FROM ` + id(t.Roles),
+		// Effective permissions of the keys this batch touched ($1), of the
+		// holders of the roles it changed ($2, through keys_roles) and of the
+		// keys holding a permission the catalog retired ($3, through
+		// keys_effective_permissions): own permissions plus those of active
+		// roles, without retired ones, in byte order.
+		effective: `UPDATE ` + id(t.Keys) + ` AS k SET effective_permissions = ARRAY(
+  SELECT DISTINCT x.p COLLATE "C" FROM (
+    SELECT unnest(k.permissions) AS p
+    UNION ALL
+    SELECT unnest(r.permissions) FROM ` + id(t.Roles) + ` AS r WHERE r.slug = ANY(k.roles) AND r.status = 'active'
+  ) AS x
+  WHERE NOT EXISTS (SELECT 1 FROM ` + id(t.Permissions) + ` AS pr WHERE pr.slug = x.p AND pr.status = 'retired')
+  ORDER BY 1)
+WHERE k.key_id = ANY($1::text[]) OR k.roles && $2::text[] OR k.effective_permissions && $3::text[]`,
 	}
 }
 
@@ -251,6 +297,17 @@ type rows struct {
 	perms          permRows
 
 	policies policyRows
+
+	hasRoles     bool
+	rolesSeq     int64
+	rolesVersion int64
+	roles        roleRows
+	changedRoles []string // slugs of the roles this batch's events changed
+	retired      []string // retired permissions, when the batch has a catalog event
+}
+
+type roleRows struct {
+	slug, description, permissions, status []string
 }
 
 type policyRows struct {
@@ -283,6 +340,7 @@ type keyRows struct {
 	metadata                                                          []string
 	version, lastSeq                                                  []int64
 	expiringNoticed, expiredNoticed                                   []pgtype.Timestamptz
+	roles, resources                                                  []string
 }
 
 type verifRows struct {
@@ -291,6 +349,7 @@ type verifRows struct {
 	expiresAt                                                   []pgtype.Timestamptz
 	metadata                                                    []string
 	version, lastSeq                                            []int64
+	roles, resources                                            []string
 }
 
 type auditRows struct {
@@ -310,7 +369,7 @@ func buildRows(ds []decoded) (*rows, error) {
 	rs := &rows{}
 	lastKey := make(map[string]int, len(ds))    // key id -> index in ds
 	lastDigest := make(map[string]int, len(ds)) // digest -> index in ds
-	lastCatalog := -1
+	lastCatalog, lastRoles := -1, -1
 	lastOrg := map[string]int{}
 	for i, d := range ds {
 		if d.rejected != "" {
@@ -318,6 +377,11 @@ func buildRows(ds []decoded) (*rows, error) {
 		}
 		if d.org != nil {
 			lastOrg[d.org.Policy.OrgID] = i
+			continue
+		}
+		if d.roles != nil || d.role != "" {
+			lastRoles = i
+			rs.changedRoles = append(rs.changedRoles, d.role)
 			continue
 		}
 		if d.key == nil {
@@ -364,6 +428,16 @@ func buildRows(ds []decoded) (*rows, error) {
 			return nil, err
 		}
 	}
+	if lastRoles >= 0 {
+		d := ds[lastRoles]
+		rs.hasRoles, rs.rolesSeq, rs.rolesVersion = true, int64(d.seq), d.rolesVersion
+		for _, r := range d.roles {
+			rs.roles.slug = append(rs.roles.slug, r.Slug)
+			rs.roles.description = append(rs.roles.description, r.Description)
+			rs.roles.permissions = append(rs.roles.permissions, textArrayLiteral(r.Permissions))
+			rs.roles.status = append(rs.roles.status, r.Status)
+		}
+	}
 	return rs, nil
 }
 
@@ -374,6 +448,9 @@ func (rs *rows) setCatalog(d decoded) {
 		rs.perms.slug = append(rs.perms.slug, p.Slug)
 		rs.perms.description = append(rs.perms.description, p.Description)
 		rs.perms.status = append(rs.perms.status, p.Status)
+		if p.Status == domain.PermissionRetired {
+			rs.retired = append(rs.retired, p.Slug)
+		}
 	}
 }
 
@@ -399,6 +476,8 @@ func (r *keyRows) add(d decoded) error {
 	r.lastSeq = append(r.lastSeq, int64(d.seq))
 	r.expiringNoticed = append(r.expiringNoticed, timestamptz(k.ExpiringNoticed))
 	r.expiredNoticed = append(r.expiredNoticed, timestamptz(k.ExpiredNoticed))
+	r.roles = append(r.roles, textArrayLiteral(k.Roles))
+	r.resources = append(r.resources, textArrayLiteral(k.Resources))
 	return nil
 }
 
@@ -420,6 +499,8 @@ func (r *verifRows) add(d decoded) error {
 	r.metadata = append(r.metadata, md)
 	r.version = append(r.version, k.Version)
 	r.lastSeq = append(r.lastSeq, int64(d.seq))
+	r.roles = append(r.roles, textArrayLiteral(k.Roles))
+	r.resources = append(r.resources, textArrayLiteral(k.Resources))
 	return nil
 }
 
@@ -437,11 +518,11 @@ func (r *auditRows) add(d decoded) {
 func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 	if k := &rs.keys; len(k.keyID) > 0 {
 		b.Queue(stmts.upsertKeys, k.keyID, k.orgID, k.name, k.ownerType, k.ownerID, k.mask, k.permissions, k.status,
-			k.createdAt, k.expiresAt, k.revokedAt, k.metadata, k.version, k.lastSeq, k.expiringNoticed, k.expiredNoticed)
+			k.createdAt, k.expiresAt, k.revokedAt, k.metadata, k.version, k.lastSeq, k.expiringNoticed, k.expiredNoticed, k.roles, k.resources)
 	}
 	if v := &rs.verif; len(v.keyID) > 0 {
 		b.Queue(stmts.upsertVerif, v.digest, v.keyID, v.orgID, v.ownerType, v.ownerID, v.name, v.permissions,
-			v.expiresAt, v.status, v.metadata, v.version, v.lastSeq)
+			v.expiresAt, v.status, v.metadata, v.version, v.lastSeq, v.roles, v.resources)
 	}
 	if a := &rs.audit; len(a.seq) > 0 {
 		b.Queue(stmts.insertAudit, a.seq, a.orgID, a.keyID, a.eventID, a.typ, a.occurredAt, a.envelope)
@@ -454,6 +535,20 @@ func (rs *rows) queue(b *pgx.Batch, stmts *statements) {
 		b.Queue(stmts.upsertPerms, p.slug, p.description, p.status, rs.catalogSeq, rs.catalogVersion)
 		b.Queue(stmts.deletePerms, p.slug, rs.catalogSeq)
 	}
+	if rs.hasRoles {
+		r := &rs.roles
+		b.Queue(stmts.upsertRoles, r.slug, r.description, r.permissions, r.status, rs.rolesSeq, rs.rolesVersion)
+	}
+	if len(rs.keys.keyID) > 0 || len(rs.changedRoles) > 0 || len(rs.retired) > 0 {
+		b.Queue(stmts.effective, orEmptyList(rs.keys.keyID), orEmptyList(rs.changedRoles), orEmptyList(rs.retired))
+	}
+}
+
+func orEmptyList(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
 }
 
 // applyDecoded applies ds, in ascending stream sequence, to the tables of
@@ -548,7 +643,7 @@ func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []dec
 	if err != nil {
 		return nil, err
 	}
-	catalog := int64(-1) // read when needed
+	catalog, roles := int64(-1), int64(-1) // read when needed
 	var out []eventstore.Rejection
 	for i := range ds {
 		d := &ds[i]
@@ -563,6 +658,15 @@ func checkInvariants(ctx context.Context, tx pgx.Tx, stmts *statements, ds []dec
 			org := d.org.Policy.OrgID
 			if d.rejected = eventstore.OrgInvariant(orgs[org], d.org.Version); d.rejected == "" {
 				orgs[org] = d.org.Version
+			}
+		case d.roles != nil || d.role != "":
+			if roles < 0 {
+				if err := tx.QueryRow(ctx, stmts.rolesVersion).Scan(&roles); err != nil {
+					return nil, fmt.Errorf("projections: reading the role catalog version: %w", err)
+				}
+			}
+			if d.rejected = eventstore.RoleCatalogInvariant(roles, d.rolesVersion); d.rejected == "" {
+				roles = d.rolesVersion
 			}
 		default:
 			if catalog < 0 {

@@ -188,7 +188,7 @@ func (e *env) scratchTables(suffix string) Tables {
 func (e *env) dump(tables Tables) string {
 	e.t.Helper()
 	var b strings.Builder
-	order := []string{"key_id", "seq", "slug", "digest", "org_id"}
+	order := []string{"key_id", "seq", "slug", "digest", "org_id", "slug"}
 	for i, name := range tables.list() {
 		fmt.Fprintf(&b, "-- %d\n", i)
 		for _, row := range e.rows(`SELECT row_to_json(t)::text FROM ` + ident(name) + ` t ORDER BY ` + order[i]) {

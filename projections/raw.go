@@ -48,7 +48,9 @@ func NewRawUpsert(tables Tables, recs []domain.Record, keysPerTx int) (*RawUpser
 			continue // benchmarks replay no policies
 		}
 		if d.key == nil {
-			catalog = &ds[i]
+			if d.role == "" { // role events are not part of this floor
+				catalog = &ds[i]
+			}
 			continue
 		}
 		if _, seen := lastKey[d.key.ID]; !seen {

@@ -37,6 +37,7 @@ func suffixed(t Tables, suffix string) Tables {
 		Verification: t.Verification + suffix,
 		Checkpoint:   t.Checkpoint + suffix,
 		Policies:     t.Policies + suffix,
+		Roles:        t.Roles + suffix,
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/keyd-dev/keyd/domain"
@@ -23,6 +24,12 @@ type applier struct {
 	orgs    map[string]int64    // organizations' versions (invariants on apply)
 	applied uint64              // last stream sequence applied
 	keys    int
+	// roles is the role catalog, at version rolesVersion (invariants on
+	// apply); holders indexes the grants holding each role, so a role
+	// change recomputes exactly those.
+	roles        map[string]roleState
+	rolesVersion int64
+	holders      map[string][]*permSet
 
 	// While booting, keys go into a private table, published at once when
 	// the verifier has caught up; after boot, into the live table (see
@@ -42,6 +49,9 @@ func (a *applier) reset() {
 	a.retired = map[string]struct{}{}
 	a.catalog = 0
 	a.orgs = map[string]int64{}
+	a.roles = map[string]roleState{}
+	a.holders = map[string][]*permSet{}
+	a.rolesVersion = 0
 	a.work = newKeyTable()
 	a.applied = 0
 	a.keys = 0
@@ -147,7 +157,8 @@ func (a *applier) apply(subject string, data []byte) (rejected string, err error
 		if why := eventstore.KeyEventInvariant(ev.Type, known, version, revoked, k.Version); why != "" {
 			return why, nil
 		}
-		ent := a.in.entryFromKey(&k, a.retired)
+		ps := a.grantSlices(k.Permissions, k.Roles, k.Resources)
+		ent := a.in.entryFromKey(&k, ps)
 		a.put(d, &ent)
 		return "", nil
 	}
@@ -163,6 +174,18 @@ func (a *applier) apply(subject string, data []byte) (rejected string, err error
 			return "", err
 		}
 		a.orgs[o.Policy.OrgID] = o.Version
+		return "", nil
+	}
+	if ev.IsRoleEvent() {
+		rc, err := ev.RoleCatalog()
+		if err != nil {
+			return "", err
+		}
+		if why := eventstore.RoleCatalogInvariant(a.rolesVersion, rc.Version()); why != "" {
+			return why, nil
+		}
+		a.rolesVersion = rc.Version()
+		a.setRoles(rc.List())
 		return "", nil
 	}
 	c, err := ev.Catalog()
@@ -230,14 +253,65 @@ func (a *applier) setCatalog(list []domain.Permission) {
 	if !added {
 		return
 	}
-	a.in.forgetPerms()
-	a.commit()
-	a.table().each(func(sl *slot) {
-		ent := sl.state.Load()
-		if n := a.in.withoutRetired(ent, retired); n != ent {
-			sl.state.Store(n)
+	// Every grant is recomputed: the retired permission may be its own or
+	// come through a role. One store per grant, not per key.
+	for _, ps := range a.in.perms {
+		ps.eff.Store(a.effective(ps))
+	}
+}
+
+// roleState is one role of the catalog, as the verifier needs it.
+type roleState struct {
+	perms  []string
+	active bool
+}
+
+// setRoles takes the role catalog after a role event, and recomputes the
+// grants holding a role that changed (through holders), at once.
+func (a *applier) setRoles(list []domain.Role) {
+	var changed []string
+	for _, r := range list {
+		st := roleState{perms: r.Permissions, active: r.Status == domain.PermissionActive}
+		old, had := a.roles[r.Slug]
+		if had && old.active == st.active && slices.Equal(old.perms, st.perms) {
+			continue
 		}
-	})
+		a.roles[r.Slug] = st
+		changed = append(changed, r.Slug)
+	}
+	for _, slug := range changed {
+		for _, ps := range a.holders[slug] {
+			ps.eff.Store(a.effective(ps))
+		}
+	}
+}
+
+// effective computes what grant ps amounts to now.
+func (a *applier) effective(ps *permSet) *effective {
+	list := domain.EffectivePermissions(ps.own, ps.roles,
+		func(p string) bool { _, gone := a.retired[p]; return !gone },
+		func(r string) ([]string, bool) { st, ok := a.roles[r]; return st.perms, ok && st.active })
+	for i, p := range list {
+		list[i] = a.in.intern(p)
+	}
+	roles := domain.ActiveRoles(ps.roles, func(r string) bool { return a.roles[r].active })
+	return &effective{list: orEmpty(list), roles: orEmpty(roles)}
+}
+
+// grantSlices returns the shared grant of own, roles and resources,
+// indexing a new one under each of its roles.
+func (a *applier) grantSlices(own, roles, resources []string) *permSet {
+	ps, isNew := a.in.grantSlices(own, roles, resources, a.effective)
+	if isNew {
+		a.index(ps)
+	}
+	return ps
+}
+
+func (a *applier) index(ps *permSet) {
+	for _, r := range ps.roles {
+		a.holders[r] = append(a.holders[r], ps)
+	}
 }
 
 // loadRow adds one row of snapshotQuery to the (private, booting) table.
@@ -268,7 +342,7 @@ func (a *applier) loadRow(vals [][]byte) error {
 	ent := entry{
 		text:    text,
 		org:     a.in.orgOf(vals[2], vals[3], vals[4]),
-		perms:   a.in.permList(vals[6], a.retired),
+		perms:   a.grantRaw(vals[6], vals[11], vals[12]),
 		meta:    emptyMetadata,
 		revoked: string(vals[8]) == domain.StatusRevoked,
 
@@ -296,4 +370,13 @@ func (a *applier) loadRow(vals [][]byte) error {
 	}
 	a.put(d, &ent)
 	return nil
+}
+
+// grantRaw is grantSlices for comma-joined columns of the snapshot.
+func (a *applier) grantRaw(own, roles, resources []byte) *permSet {
+	ps, isNew := a.in.grant(own, roles, resources, a.effective)
+	if isNew {
+		a.index(ps)
+	}
+	return ps
 }

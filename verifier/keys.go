@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -21,7 +22,7 @@ import (
 type entry struct {
 	text    string     // key id (keyIDLen bytes) followed by the name
 	org     *orgRef    // organization and owner
-	perms   *permSet   // effective permissions
+	perms   *permSet   // what the key was granted, and its effective permissions
 	expires *time.Time // nil: never
 	meta    map[string]string
 	revoked bool
@@ -40,20 +41,40 @@ type orgRef struct {
 	owner domain.Owner
 }
 
-type permSet struct{ list []string }
+// permSet is one grant: own permissions, roles and resources as a key was
+// given them, shared by every key given the same. Its effective value (the
+// key's effective permissions and active roles) is computed when the grant
+// first appears and again whenever a role it holds or the permission catalog
+// changes: one atomic store per grant, whatever the number of keys sharing
+// it, and verification reads it with one load.
+type permSet struct {
+	eff       atomic.Pointer[effective]
+	own       []string // granted permissions, as given
+	roles     []string // granted roles, sorted
+	resources []string // sorted "type:id"; empty: unrestricted
+}
+
+// effective is what a grant amounts to at one catalog state. Immutable.
+type effective struct {
+	list  []string // effective permissions: own active + active roles' active, sorted, de-duplicated
+	roles []string // the active roles
+}
 
 func (e *entry) id() string { return e.text[:keyIDLen] }
 
 // info returns the KeyInfo of e (no allocation).
 func (e *entry) info() KeyInfo {
+	eff := e.perms.eff.Load()
 	return KeyInfo{
 		ID:          e.text[:keyIDLen],
 		OrgID:       e.org.id,
 		Owner:       e.org.owner,
 		Name:        e.text[keyIDLen:],
-		Permissions: e.perms.list,
+		Permissions: eff.list,
 		ExpiresAt:   e.expires,
 		Metadata:    e.meta,
+		Roles:       eff.roles,
+		Resources:   e.perms.resources,
 	}
 }
 
@@ -77,7 +98,7 @@ var (
 type interner struct {
 	strs     map[string]string
 	orgs     map[string]*orgRef
-	perms    map[string]*permSet          // slugs joined by "," (as given) → effective list
+	perms    map[string]*permSet          // own permissions, roles and resources, each joined by "," (as given), joined by ";" → grant
 	meta     map[string]map[string]string // JSON text → map
 	metaRefs map[unsafe.Pointer]*metaRef  // a map of meta → its key there and its holders
 	buf      []byte
@@ -91,7 +112,12 @@ type metaRef struct {
 // mapID identifies a map by its header (stable for the map's life).
 func mapID(m map[string]string) unsafe.Pointer { return reflect.ValueOf(m).UnsafePointer() }
 
-var emptyPermSet = &permSet{list: emptyPerms}
+// emptyPermSet is the grant of keys given nothing: never recomputed.
+var emptyPermSet = func() *permSet {
+	ps := &permSet{own: emptyPerms, roles: emptyPerms, resources: emptyPerms}
+	ps.eff.Store(&effective{list: emptyPerms, roles: emptyPerms})
+	return ps
+}()
 
 func newInterner() *interner {
 	return &interner{
@@ -132,46 +158,64 @@ func (in *interner) orgOf(org, ownerType, ownerID []byte) *orgRef {
 	return r
 }
 
-// permList returns the shared, sorted, de-duplicated list of the slugs in
-// joined (comma-separated; slugs hold no commas) minus the retired ones.
-func (in *interner) permList(joined []byte, retired map[string]struct{}) *permSet {
-	if len(joined) == 0 {
-		return emptyPermSet
+// splitList returns the shared copies of the comma-separated items of
+// joined (slugs and resources hold no commas), in order; nil for none.
+func (in *interner) splitList(joined string) []string {
+	if joined == "" {
+		return nil
 	}
-	if l, ok := in.perms[string(joined)]; ok {
-		return l
-	}
-	key := string(joined)
 	var l []string
-	for s := range strings.SplitSeq(key, ",") {
-		if _, gone := retired[s]; !gone && s != "" {
+	for s := range strings.SplitSeq(joined, ",") {
+		if s != "" {
 			l = append(l, in.intern(s))
 		}
 	}
-	slices.Sort(l)
-	l = slices.Clip(slices.Compact(l))
-	ps := emptyPermSet
-	if len(l) > 0 {
-		ps = &permSet{list: l}
+	return l
+}
+
+// grant returns the shared grant of own permissions, roles and resources
+// (each comma-separated), its effective value computed by eff when it is
+// new; isNew says whether it is.
+func (in *interner) grant(own, roles, resources []byte, eff func(*permSet) *effective) (ps *permSet, isNew bool) {
+	if len(own) == 0 && len(roles) == 0 && len(resources) == 0 {
+		return emptyPermSet, false
 	}
+	in.buf = append(append(append(append(append(in.buf[:0], own...), ';'), roles...), ';'), resources...)
+	if ps, ok := in.perms[string(in.buf)]; ok {
+		return ps, false
+	}
+	key := string(in.buf)
+	ps = &permSet{own: orEmpty(in.splitList(string(own))), roles: orEmpty(in.splitList(string(roles))), resources: orEmpty(in.splitList(string(resources)))}
+	slices.Sort(ps.roles)
+	ps.roles = slices.Clip(slices.Compact(ps.roles))
+	slices.Sort(ps.resources)
+	ps.resources = slices.Clip(slices.Compact(ps.resources))
+	ps.eff.Store(eff(ps))
 	in.perms[key] = ps
-	return ps
+	return ps, true
 }
 
-// permSlice is permList for a slice of slugs.
-func (in *interner) permSlice(slugs []string, retired map[string]struct{}) *permSet {
-	var buf []byte
-	for i, s := range slugs {
-		if i > 0 {
-			buf = append(buf, ',')
+// grantSlices is grant for slices.
+func (in *interner) grantSlices(own, roles, resources []string, eff func(*permSet) *effective) (*permSet, bool) {
+	join := func(ss []string) []byte {
+		var b []byte
+		for i, s := range ss {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, s...)
 		}
-		buf = append(buf, s...)
+		return b
 	}
-	return in.permList(buf, retired)
+	return in.grant(join(own), join(roles), join(resources), eff)
 }
 
-// forgetPerms drops the permission lists, after the catalog retired slugs.
-func (in *interner) forgetPerms() { clear(in.perms) }
+func orEmpty(ss []string) []string {
+	if len(ss) == 0 {
+		return emptyPerms
+	}
+	return slices.Clip(ss)
+}
 
 // metadataJSON returns the shared map for a JSON object of strings, held
 // once more (release it when the entry holding it goes).
@@ -235,11 +279,11 @@ func (in *interner) metaSize() int { return len(in.meta) }
 
 // entryFromKey builds the state of a key from the full state an event
 // carries (whose id DecodeEvent checked).
-func (in *interner) entryFromKey(k *domain.KeyState, retired map[string]struct{}) entry {
+func (in *interner) entryFromKey(k *domain.KeyState, perms *permSet) entry {
 	ent := entry{
 		text:    k.ID + k.Name, // one allocation for both
 		org:     in.orgOf([]byte(k.OrgID), []byte(k.Owner.Type), []byte(k.Owner.ID)),
-		perms:   in.permSlice(k.Permissions, retired),
+		perms:   perms,
 		meta:    in.metadataMap(k.Metadata),
 		revoked: k.Status == domain.StatusRevoked,
 		version: uint32(min(max(k.Version, 0), math.MaxUint32)),
@@ -251,24 +295,6 @@ func (in *interner) entryFromKey(k *domain.KeyState, retired map[string]struct{}
 		ent.expires = &t
 	}
 	return ent
-}
-
-// withoutRetired returns ent with the retired slugs taken out of its
-// permissions, or ent itself when it holds none of them.
-func (in *interner) withoutRetired(ent *entry, retired map[string]struct{}) *entry {
-	hit := false
-	for _, p := range ent.perms.list {
-		if _, gone := retired[p]; gone {
-			hit = true
-			break
-		}
-	}
-	if !hit {
-		return ent
-	}
-	n := *ent
-	n.perms = in.permSlice(ent.perms.list, retired)
-	return &n
 }
 
 // expiredAt reports whether a key expiring at exp (nil: never) has expired

@@ -2,8 +2,11 @@ package verifier
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 	"unsafe"
+
+	"github.com/keyd-dev/keyd/domain"
 )
 
 // TestSizes guards the memory per key: a slot with its first state is one
@@ -24,17 +27,23 @@ func TestSizes(t *testing.T) {
 func TestInterner(t *testing.T) {
 	t.Parallel()
 	in := newInterner()
-	retired := map[string]struct{}{"old": {}}
-	a := in.permList([]byte("b,a,old,a"), retired)
-	b := in.permSlice([]string{"a", "b"}, retired)
-	if len(a.list) != 2 || a.list[0] != "a" || a.list[1] != "b" {
-		t.Fatalf("permList = %v, want [a b]", a.list)
+	a := newApplier(New(Config{}))
+	a.retired["old"] = struct{}{}
+	a.setRoles([]domain.Role{{Slug: "ops", Permissions: []string{"c", "old"}, Status: domain.PermissionActive}})
+	g1, _ := in.grant([]byte("b,a,old,a"), nil, nil, a.effective)
+	g2, _ := in.grantSlices([]string{"b", "a", "old", "a"}, nil, nil, a.effective)
+	if g1 != g2 {
+		t.Error("equal grants are not shared")
 	}
-	if len(b.list) != 2 || b.list[0] != "a" || b.list[1] != "b" {
-		t.Fatalf("permSlice = %v, want [a b]", b.list)
+	if got := g1.eff.Load().list; !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("effective = %v, want [a b]", got)
 	}
-	if in.permList(nil, retired) != emptyPermSet || in.permList([]byte("old"), retired).list == nil {
-		t.Error("empty permission lists must be the shared non-nil empty list")
+	g3, _ := in.grant([]byte("a"), []byte("ops,gone"), []byte("project:p1"), a.effective)
+	if got := g3.eff.Load(); !slices.Equal(got.list, []string{"a", "c"}) || !slices.Equal(got.roles, []string{"ops"}) {
+		t.Fatalf("effective with roles = %+v, want [a c] and roles [ops]", got)
+	}
+	if g, _ := in.grant(nil, nil, nil, a.effective); g != emptyPermSet || g.eff.Load().list == nil {
+		t.Error("empty grants must be the shared non-nil empty one")
 	}
 	o1 := in.orgOf([]byte("org_1"), []byte("organization"), []byte("org_1"))
 	o2 := in.orgOf([]byte("org_1"), []byte("organization"), []byte("org_1"))

@@ -28,10 +28,10 @@ const snapshotQuery = `SELECT encode(digest, 'hex'), key_id, org_id, owner_type,
 	round(extract(epoch FROM expires_at) * 1000000)::bigint::text,
 	status,
 	CASE WHEN metadata = '{}'::jsonb THEN NULL ELSE metadata::text END,
-	version::text
+	version::text, array_to_string(roles, ','), array_to_string(resources, ',')
 FROM ` + migrations.VerificationTable
 
-const snapshotColumns = 11
+const snapshotColumns = 13
 
 // SnapshotQuery is the query a verifier reads the verification snapshot with
 // when it boots (inside its REPEATABLE READ transaction). Benchmarks read it
@@ -120,6 +120,20 @@ func readSnapshot(ctx context.Context, tx pgx.Tx, a *applier) (snapshotResult, e
 			return snapshotResult{}, fmt.Errorf("policies: %w", err)
 		}
 		a.orgs[p.Org] = p.Version
+	}
+
+	// The role catalog, before the keys whose grants it decides.
+	rows, err = tx.Query(ctx, `SELECT slug, description, permissions, status FROM `+migrations.RolesTable)
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	roles, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.Role])
+	if err != nil {
+		return snapshotResult{}, err
+	}
+	a.setRoles(roles)
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(version), 0) FROM `+migrations.RolesTable).Scan(&a.rolesVersion); err != nil {
+		return snapshotResult{}, err
 	}
 
 	// Size the table up front, from the planner's row estimate (count(*)

@@ -43,6 +43,7 @@ const (
 	CodeInsufficientPermissions = "insufficient_permissions" // the key is fine but lacks a requested permission
 	CodeSuspended               = "suspended"                // the key is suspended until it is resumed
 	CodeIPNotAllowed            = "ip_not_allowed"           // the organization's allowed_cidrs do not admit the client address
+	CodeResourceNotAllowed      = "resource_not_allowed"     // the key restricts the resource's type and does not list it
 )
 
 // Defaults of Config.
@@ -68,8 +69,10 @@ type Result struct {
 	Sequence uint64  `json:"sequence"`
 }
 
-// KeyInfo is what a verification tells about a key. Permissions are sorted
-// and exclude permissions the catalog has retired; Metadata is never nil.
+// KeyInfo is what a verification tells about a key. Permissions are its
+// effective permissions: its own active permissions plus the active
+// permissions of its active roles, sorted and de-duplicated (retired ones
+// excluded); Metadata is never nil.
 //
 // The Permissions slice and the Metadata map are shared with the verifier
 // (and with other keys that have equal ones): they must not be modified.
@@ -81,6 +84,10 @@ type KeyInfo struct {
 	Permissions []string          `json:"permissions"`
 	ExpiresAt   *time.Time        `json:"expires_at"`
 	Metadata    map[string]string `json:"metadata"`
+	// Roles are the key's active roles (sorted); Resources what it is
+	// restricted to ("type:id", sorted; [] when unrestricted).
+	Roles     []string `json:"roles"`
+	Resources []string `json:"resources"`
 }
 
 // IsZero reports whether k is the zero KeyInfo (no key was found).
@@ -343,7 +350,7 @@ func (v *Verifier) Close() {
 // records the key's last use in memory; it is written out in batches (see
 // FlushLastUsed).
 func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...string) (Result, error) {
-	return v.VerifyFrom(ctx, secret, netip.Addr{}, permissions...)
+	return v.VerifyRequest(ctx, secret, Request{}, permissions...)
 }
 
 // VerifyFrom is Verify for a request from client (the zero Addr: not
@@ -351,6 +358,41 @@ func (v *Verifier) Verify(ctx context.Context, secret string, permissions ...str
 // whose policy has allowed_cidrs answers ip_not_allowed unless client is
 // within them (a request without a client address included).
 func (v *Verifier) VerifyFrom(ctx context.Context, secret string, client netip.Addr, permissions ...string) (Result, error) {
+	return v.VerifyRequest(ctx, secret, Request{ClientIP: client}, permissions...)
+}
+
+// VerifyResource is Verify for a request on resource ("<type>:<id>"; ""
+// for none): a key that restricts that type (lists resources of it) and does
+// not list the resource is resource_not_allowed, checked after expiry,
+// suspension and the client address, and before permissions. Errors: as
+// Verify, and invalid_argument for a resource that is not one
+// (domain.CheckResource).
+func (v *Verifier) VerifyResource(ctx context.Context, secret, resource string, permissions ...string) (Result, error) {
+	return v.VerifyRequest(ctx, secret, Request{Resource: resource}, permissions...)
+}
+
+// Request is what a verification knows of the request beyond the key and
+// the permissions it needs.
+type Request struct {
+	// ClientIP is the caller's address (the zero Addr: not given); see
+	// VerifyFrom.
+	ClientIP netip.Addr
+	// Resource is what the request acts on ("<type>:<id>"; "": nothing in
+	// particular); see VerifyResource.
+	Resource string
+}
+
+// VerifyRequest is Verify for a request req. The first code that applies
+// answers, in the contract's order: malformed, not_found, revoked, expired,
+// suspended, ip_not_allowed, resource_not_allowed, insufficient_permissions.
+// It allocates no more than Verify.
+func (v *Verifier) VerifyRequest(ctx context.Context, secret string, req Request, permissions ...string) (Result, error) {
+	resource, client := req.Resource, req.ClientIP
+	if resource != "" {
+		if err := domain.CheckResource("resource", resource); err != nil {
+			return Result{}, err
+		}
+	}
 	for _, p := range permissions {
 		if !domain.ValidSlug(p) {
 			return Result{}, invalidPermission(p)
@@ -400,9 +442,11 @@ func (v *Verifier) VerifyFrom(ctx context.Context, secret string, client netip.A
 		r.Code = CodeSuspended
 	case !v.clientAllowed(ent.org.id, client):
 		r.Code = CodeIPNotAllowed
+	case resource != "" && !domain.ResourceAllowed(r.Key.Resources, resource):
+		r.Code = CodeResourceNotAllowed
 	default:
 		for _, p := range permissions {
-			if _, ok := slices.BinarySearch(ent.perms.list, p); !ok {
+			if _, ok := slices.BinarySearch(r.Key.Permissions, p); !ok {
 				r.Code = CodeInsufficientPermissions
 				return r, nil
 			}

@@ -92,7 +92,7 @@ func memoryVerifier(keys []domain.KeyState, dig *domain.Digester) *Verifier {
 	for i := range keys {
 		var d domain.Digest
 		hex.Decode(d[:], []byte(keys[i].Digest))
-		st := a.in.entryFromKey(&keys[i], a.retired)
+		st := a.in.entryFromKey(&keys[i], a.grantSlices(keys[i].Permissions, keys[i].Roles, keys[i].Resources))
 		a.put(d, &st)
 	}
 	a.publishWork()

@@ -29,11 +29,11 @@ func TestVerifyOutcomes(t *testing.T) {
 	unknown := newSecret(t)
 
 	fullInfo := KeyInfo{ID: full.Key.ID, OrgID: "org_1", Owner: domain.Owner{Type: "organization", ID: "org_1"},
-		Name: "CI deploy", Permissions: []string{"posts:read", "posts:write"}, Metadata: map[string]string{"team": "a"}}
+		Name: "CI deploy", Permissions: []string{"posts:read", "posts:write"}, Metadata: map[string]string{"team": "a"}, Roles: []string{}, Resources: []string{}}
 	revokedInfo := KeyInfo{ID: revoked.Key.ID, OrgID: "org_1", Owner: domain.Owner{Type: "organization", ID: "org_1"},
-		Name: "test key", Permissions: []string{"posts:read"}, Metadata: map[string]string{}}
+		Name: "test key", Permissions: []string{"posts:read"}, Metadata: map[string]string{}, Roles: []string{}, Resources: []string{}}
 	expInfo := KeyInfo{ID: expiring.Key.ID, OrgID: "org_2", Owner: domain.Owner{Type: "organization", ID: "org_2"},
-		Name: "temp", Permissions: []string{"posts:read"}, ExpiresAt: &exp, Metadata: map[string]string{}}
+		Name: "temp", Permissions: []string{"posts:read"}, ExpiresAt: &exp, Metadata: map[string]string{}, Roles: []string{}, Resources: []string{}}
 
 	s := full.Secret
 	cases := []struct {
@@ -112,9 +112,9 @@ func TestResultJSON(t *testing.T) {
 	t.Parallel()
 	exp := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	r := Result{Valid: true, Code: CodeValid, Sequence: 7, Key: KeyInfo{ID: "key_01J00000000000000000000000", OrgID: "org_1",
-		Owner: domain.Owner{Type: "organization", ID: "org_1"}, Name: "n", Permissions: []string{"a"}, ExpiresAt: &exp, Metadata: map[string]string{}}}
+		Owner: domain.Owner{Type: "organization", ID: "org_1"}, Name: "n", Permissions: []string{"a"}, ExpiresAt: &exp, Metadata: map[string]string{}, Roles: []string{}, Resources: []string{}}}
 	b, _ := json.Marshal(r)
-	want := `{"valid":true,"code":"valid","key":{"id":"key_01J00000000000000000000000","org_id":"org_1","owner":{"type":"organization","id":"org_1"},"name":"n","permissions":["a"],"expires_at":"2030-01-02T03:04:05Z","metadata":{}},"sequence":7}`
+	want := `{"valid":true,"code":"valid","key":{"id":"key_01J00000000000000000000000","org_id":"org_1","owner":{"type":"organization","id":"org_1"},"name":"n","permissions":["a"],"expires_at":"2030-01-02T03:04:05Z","metadata":{},"roles":[],"resources":[]},"sequence":7}`
 	if string(b) != want {
 		t.Errorf("valid:\n got %s\nwant %s", b, want)
 	}

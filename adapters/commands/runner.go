@@ -34,16 +34,37 @@ const (
 	SetExpiry      = "set_expiry"
 	// SetPolicy is keyd.cmd.orgs.<org>.set_policy (IsOrgCommand).
 	SetPolicy = "set_policy"
+	// RevokeUserKeys is keyd.cmd.keys.<org>.revoke_user_keys.
+	RevokeUserKeys = "revoke_user_keys"
+	// DefineRole and RetireRole are keyd.cmd.roles.define and
+	// keyd.cmd.roles.retire (RoleCommand maps the subject's name).
+	DefineRole = "roles.define"
+	RetireRole = "roles.retire"
 )
 
 // IsOrgCommand reports whether name is an organization command
 // (keyd.cmd.orgs.<org>.<name>).
 func IsOrgCommand(name string) bool { return name == SetPolicy }
 
+// RoleCommand returns the Runner's name of the role command called name in
+// its subject (keyd.cmd.roles.<name>), or "" for none.
+func RoleCommand(name string) string {
+	switch name {
+	case Define:
+		return DefineRole
+	case Retire:
+		return RetireRole
+	}
+	return ""
+}
+
+// IsRoleCommand reports whether name (a Runner name) is a role command.
+func IsRoleCommand(name string) bool { return name == DefineRole || name == RetireRole }
+
 // IsKeyCommand reports whether name is a key command (it needs an org).
 func IsKeyCommand(name string) bool {
 	switch name {
-	case Create, Revoke, SetPermissions, Update, Rotate, Suspend, Resume, SetExpiry:
+	case Create, Revoke, SetPermissions, Update, Rotate, Suspend, Resume, SetExpiry, RevokeUserKeys:
 		return true
 	}
 	return false
@@ -69,6 +90,10 @@ type Transport struct {
 	DefaultActor *domain.Actor
 	// CommandID is the Keyd-Command-Id header (CommandIDHeader).
 	CommandID string
+	// UserID is revoke_user_keys' user id from the path, as KeyID.
+	UserID string
+	// Scope limits the keys the command may touch (a widget session's).
+	Scope domain.Scope
 }
 
 // Runner runs commands. WaitApplied, when set, is called with the sequence
@@ -103,7 +128,7 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 		if code := domain.ErrorCode(err); code != "" {
 			outcome = code
 		}
-		if r.Metrics != nil && (IsKeyCommand(name) || IsCatalogCommand(name) || IsOrgCommand(name)) {
+		if r.Metrics != nil && (IsKeyCommand(name) || IsCatalogCommand(name) || IsOrgCommand(name) || IsRoleCommand(name)) {
 			r.Metrics.ObserveCommand(name, outcome, time.Since(start))
 		}
 	}()
@@ -230,8 +255,47 @@ func (r *Runner) Run(ctx context.Context, name, org string, payload []byte, t Tr
 		}
 		res, err := r.Service.RetirePermission(ctx, c)
 		return r.replyWhenApplied(ctx, res, res.Sequence, err)
+	case RevokeUserKeys:
+		var c domain.RevokeUserKeys
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.UserID, t.UserID, "user_id"); err != nil {
+			return nil, err
+		}
+		res, err := r.Service.RevokeUserKeys(ctx, org, c)
+		if err == nil && r.WaitApplied != nil && res.Sequence > 0 {
+			// As a revoke reply: this process already refuses the keys.
+			if werr := r.WaitApplied(ctx, res.Sequence); werr != nil {
+				return nil, domain.Wrap(werr, domain.EUnavailable, "the keys of user %s are revoked (stream sequence %d), but this process's verifier has not applied it yet; retry the command", c.UserID, res.Sequence)
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+		return res, nil
+	case DefineRole:
+		var c domain.DefineRole
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.Slug, t.Slug, "slug"); err != nil {
+			return nil, err
+		}
+		res, err := r.Service.DefineRole(ctx, c)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
+	case RetireRole:
+		var c domain.RetireRole
+		if err := decode(payload, &c, t); err != nil {
+			return nil, err
+		}
+		if err := fromPath(&c.Slug, t.Slug, "slug"); err != nil {
+			return nil, err
+		}
+		res, err := r.Service.RetireRole(ctx, c)
+		return r.replyWhenApplied(ctx, res, res.Sequence, err)
 	}
-	return nil, domain.Errorf(domain.EInvalid, "unknown command %q; commands are create, revoke, set_permissions, update, rotate, suspend, resume, set_expiry (keyd.cmd.keys.<org>.<command>), set_policy (keyd.cmd.orgs.<org>.set_policy) and define, retire (keyd.cmd.permissions.<command>)", name)
+	return nil, domain.Errorf(domain.EInvalid, "unknown command %q; commands are create, revoke, set_permissions, update, rotate, suspend, resume, set_expiry, revoke_user_keys (keyd.cmd.keys.<org>.<command>), set_policy (keyd.cmd.orgs.<org>.set_policy) and define, retire (keyd.cmd.permissions.<command>, keyd.cmd.roles.<command>)", name)
 }
 
 // storeDown returns unavailable while the event store's NATS connection is
@@ -270,7 +334,7 @@ func decode(payload []byte, cmd command, t Transport) error {
 		return err
 	}
 	m := cmd.CommandMeta()
-	m.Actor, m.CommandID = actor(m.Actor, t), t.CommandID
+	m.Actor, m.CommandID, m.Scope = actor(m.Actor, t), t.CommandID, t.Scope
 	return nil
 }
 

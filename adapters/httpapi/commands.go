@@ -18,8 +18,9 @@ import (
 // The recorded actor: for the admin token, the body's "actor", or
 // {"type": "service", "id": "admin"} when it names none; for a widget
 // session, always {"type": "user", "id": <session user>}, whatever the body
-// says. A widget session narrowed to some permissions may grant no other
-// (checkGrant). A Keyd-Command-Id header makes retries idempotent, as on NATS.
+// says. A widget session narrowed to some permissions may grant no other,
+// and no role (checkGrant); a session's scope limits the keys it touches
+// (Session.keyScope). A Keyd-Command-Id header makes retries idempotent, as on NATS.
 //
 // create replies 201, the others 200. Errors are the Runner's, written (and
 // logged, if internal or unavailable) by writeError.
@@ -34,12 +35,14 @@ func (s *Server) command(name string) authedHandler {
 			KeyID:     r.PathValue("key_id"),
 			Slug:      r.PathValue("slug"),
 			CommandID: r.Header.Get(commands.CommandIDHeader),
+			UserID:    r.PathValue("user_id"),
 		}
 		if c.admin {
 			a := adminActor // a copy: the command may keep the pointer
 			t.DefaultActor = &a
 		} else {
 			t.Actor = c.actor()
+			t.Scope = c.session.keyScope()
 			if err := checkGrant(name, body, c.session); err != nil {
 				s.writeError(w, r, err)
 				return
@@ -63,30 +66,36 @@ func (s *Server) command(name string) authedHandler {
 }
 
 // checkGrant refuses a create or set_permissions through a narrowed
-// widget session that grants a permission the session may not grant:
-// permission_denied naming it. A body that does not decode is left to the
+// widget session that grants a permission the session may not grant, or
+// any role (whose permissions may change later): permission_denied naming
+// it. A body that does not decode is left to the
 // Runner, which reports it. (rotate keeps the key's permissions, which a
 // create or set_permissions granted.)
 func checkGrant(name string, body []byte, sess Session) error {
 	if sess.Permissions == nil {
 		return nil
 	}
-	var perms []string
+	var perms, roles []string
 	switch name {
 	case commands.Create:
 		var c domain.CreateKey
 		if commands.Decode(body, &c) != nil {
 			return nil
 		}
-		perms = c.Permissions
+		perms, roles = c.Permissions, c.Roles
 	case commands.SetPermissions:
 		var c domain.SetPermissions
 		if commands.Decode(body, &c) != nil {
 			return nil
 		}
-		perms = c.Permissions
+		perms, roles = c.Permissions, c.Roles
 	default:
 		return nil
+	}
+	if len(roles) > 0 {
+		// A role's permissions can change after the grant: a narrowed
+		// session could not keep its keys within its permissions.
+		return domain.Errorf(domain.EForbidden, "this widget session is narrowed to some permissions and may not grant roles; grant permissions (%s) instead", grantable(sess.Permissions))
 	}
 	for _, p := range perms {
 		if !sess.mayGrant(p) {

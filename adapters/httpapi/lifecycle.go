@@ -34,6 +34,10 @@ func (s *Server) keyHistory(w http.ResponseWriter, r *http.Request, c caller) {
 		return
 	}
 	h, err := s.Reads.KeyHistory(r.Context(), r.PathValue("org"), r.PathValue("key_id"))
+	if err == nil && len(h) > 0 {
+		// A key's owner never changes: its first entry says whose it is.
+		err = hiddenFrom(c, h[0].Key)
+	}
 	if err != nil {
 		s.writeError(w, r, domain.Classify(err, readModels))
 		return
@@ -54,6 +58,9 @@ func (s *Server) keyAt(w http.ResponseWriter, r *http.Request, c caller, v strin
 		return
 	}
 	k, err := s.Reads.KeyAt(r.Context(), r.PathValue("org"), r.PathValue("key_id"), at)
+	if err == nil {
+		err = hiddenFrom(c, k)
+	}
 	if err != nil {
 		s.writeError(w, r, domain.Classify(err, readModels))
 		return
@@ -71,4 +78,14 @@ func (s *Server) getPolicy(w http.ResponseWriter, r *http.Request, _ caller) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// hiddenFrom returns not_found when caller c is a user-scope widget session
+// and key belongs to someone else (another member's key does not exist for
+// it, as in getKey), nil otherwise.
+func hiddenFrom(c caller, key domain.KeyView) error {
+	if !c.admin && c.session.Scope == ScopeUser && (key.Owner.Type != domain.OwnerUser || key.Owner.ID != c.session.UserID) {
+		return domain.Errorf(domain.ENotFound, "key %s not found in organization %s", key.ID, key.OrgID)
+	}
+	return nil
 }

@@ -49,7 +49,28 @@ type permissionList struct {
 // min_sequence; unavailable when min_sequence is not reached in time.
 func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, c caller) {
 	q := r.URL.Query()
-	f := postgres.KeyFilter{Status: q.Get("status"), Cursor: q.Get("cursor")}
+	f := postgres.KeyFilter{Status: q.Get("status"), Cursor: q.Get("cursor"),
+		OwnerType: q.Get("owner_type"), OwnerID: q.Get("owner_id"), Q: q.Get("q"), Permission: q.Get("permission")}
+	if v := q.Get("expires_before"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			s.writeError(w, r, domain.Errorf(domain.EInvalid, "expires_before must be an RFC 3339 time such as 2026-01-02T15:04:05Z, got %q", v))
+			return
+		}
+		f.ExpiresBefore = &t
+	}
+	if err := postgres.CheckKeyFilter(f); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if !c.admin && c.session.Scope == ScopeUser {
+		// A user-scope session sees its own keys only, whatever it asks.
+		if (f.OwnerType != "" && f.OwnerType != domain.OwnerUser) || (f.OwnerID != "" && f.OwnerID != c.session.UserID) {
+			writeJSON(w, http.StatusOK, keyList{Data: []domain.KeyView{}})
+			return
+		}
+		f.OwnerType, f.OwnerID = domain.OwnerUser, c.session.UserID
+	}
 	if v := q.Get("limit"); v != "" {
 		n, err := parseLimit(v, postgres.MaxKeyLimit, postgres.CheckKeyLimit)
 		if err != nil {
@@ -92,6 +113,11 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request, c caller) {
 		return
 	}
 	key, err := s.Reads.GetKey(r.Context(), r.PathValue("org"), r.PathValue("key_id"))
+	if err == nil && !c.admin && c.session.Scope == ScopeUser &&
+		(key.Owner.Type != domain.OwnerUser || key.Owner.ID != c.session.UserID) {
+		// Another member's key does not exist for a user-scope session.
+		err = domain.Errorf(domain.ENotFound, "key %s not found in organization %s", key.ID, key.OrgID)
+	}
 	if err != nil {
 		s.writeError(w, r, domain.Classify(err, readModels))
 		return
@@ -153,6 +179,25 @@ func (s *Server) listPermissions(w http.ResponseWriter, r *http.Request, c calle
 		perms = []domain.Permission{}
 	}
 	writeJSON(w, http.StatusOK, permissionList{Data: perms})
+}
+
+// roleList is the reply of GET /v1/roles.
+type roleList struct {
+	Data []domain.Role `json:"data"`
+}
+
+// listRoles answers GET /v1/roles?min_sequence=: the role catalog, retired
+// roles included (with their status), by slug.
+func (s *Server) listRoles(w http.ResponseWriter, r *http.Request, c caller) {
+	if !s.readSequence(w, r, c) {
+		return
+	}
+	roles, err := s.Reads.ListRoles(r.Context())
+	if err != nil {
+		s.writeError(w, r, domain.Classify(err, readModels))
+		return
+	}
+	writeJSON(w, http.StatusOK, roleList{Data: roles})
 }
 
 // parseLimit parses a limit query parameter and checks its range with the

@@ -24,6 +24,10 @@
 //	GET    /v1/permissions                            (W) the catalog
 //	PUT    /v1/permissions/{slug}                         define
 //	DELETE /v1/permissions/{slug}                         retire
+//	GET    /v1/roles                                  (W) the role catalog
+//	PUT    /v1/roles/{slug}                               define a role
+//	DELETE /v1/roles/{slug}                               retire a role
+//	POST   /v1/orgs/{org}/users/{user_id}/keys/revoke     revoke a user's keys
 //	POST   /v1/keys/verify                                verify a key (in-memory verifier)
 //	POST   /v1/widget/sessions                            issue a widget session
 //	DELETE /v1/widget/sessions/{id}                       end a widget session
@@ -306,6 +310,10 @@ func (s *Server) routes(mux *http.ServeMux) {
 	r.handle("PUT /v1/permissions/{slug}", adminOnly, s.command(commands.Define))
 	r.handle("DELETE /v1/permissions/{slug}", adminOnly, s.command(commands.Retire))
 	r.handle("POST /v1/keys/verify", adminOnly, s.verify)
+	r.handle("GET /v1/roles", widget, s.listRoles)
+	r.handle("PUT /v1/roles/{slug}", adminOnly, s.command(commands.DefineRole))
+	r.handle("DELETE /v1/roles/{slug}", adminOnly, s.command(commands.RetireRole))
+	r.handle("POST /v1/orgs/{org}/users/{user_id}/keys/revoke", adminOnly, s.command(commands.RevokeUserKeys))
 	r.handle("POST /v1/widget/sessions", adminOnly, s.createSession)
 	r.handle("DELETE /v1/widget/sessions/{id}", adminOnly, s.endSession)
 	r.handle("GET /v1/widget/session", sessionOnly, s.getSession)
@@ -410,6 +418,11 @@ func (s *Server) checkPath(r *http.Request, c caller, a access) error {
 	}
 	if id := r.PathValue("key_id"); id != "" {
 		if err := domain.CheckKeyID(id); err != nil {
+			return err
+		}
+	}
+	if user := r.PathValue("user_id"); user != "" {
+		if err := domain.CheckUserID("user_id", user); err != nil {
 			return err
 		}
 	}

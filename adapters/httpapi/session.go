@@ -53,6 +53,23 @@ type Session struct {
 	UserID      string    `json:"user_id"`
 	Permissions []string  `json:"permissions"`
 	ExpiresAt   time.Time `json:"expires_at"`
+	// Scope is ScopeOrganization (every key of the organization) or
+	// ScopeUser (only the keys the user owns).
+	Scope string `json:"scope"`
+}
+
+// Session scopes.
+const (
+	ScopeOrganization = "organization"
+	ScopeUser         = "user"
+)
+
+// keyScope is the domain.Scope of the commands a session runs.
+func (s Session) keyScope() domain.Scope {
+	if s.Scope == ScopeUser {
+		return domain.Scope{User: s.UserID}
+	}
+	return domain.Scope{Organization: true}
 }
 
 // mayGrant reports whether the session may grant slug.
@@ -96,6 +113,7 @@ type sessionPayload struct {
 	Exp   int64     `json:"exp"`
 	Nonce string    `json:"nonce"`
 	Perms *[]string `json:"perms,omitempty"`
+	Scope string    `json:"scope,omitempty"` // "" (older tokens) is organization
 }
 
 // Issue returns a token for user in org, valid for ttl, that may grant
@@ -106,16 +124,24 @@ func (s *Sessions) Issue(org, user string, ttl time.Duration) (token string, exp
 }
 
 // IssueSession returns a token for user in org, valid for ttl, and the
-// session it carries. permissions nil lets the session grant every active
-// permission; otherwise it is the most the session may grant (each a
-// permission slug, at most MaxSessionPermissions; repeats are dropped).
-// The session's id is random (16 bytes, base64url).
+// session it carries, of organization scope. permissions nil lets the
+// session grant every active permission; otherwise it is the most the
+// session may grant (each a permission slug, at most MaxSessionPermissions;
+// repeats are dropped). The session's id is random (16 bytes, base64url).
 //
 // Errors: invalid_argument for an invalid org id, a user id that is not 1
 // to 200 bytes of single-line text (domain.CheckText), a ttl outside
 // (0, MaxSessionTTL] or a bad permission list; internal if the system's
 // random source fails.
 func (s *Sessions) IssueSession(org, user string, ttl time.Duration, permissions []string) (token string, sess Session, err error) {
+	return s.IssueScoped(org, user, ScopeOrganization, ttl, permissions)
+}
+
+// IssueScoped is IssueSession for a session of scope (ScopeOrganization or
+// ScopeUser; a user-scope session's user id must be a user id as owners
+// have them, domain.ValidUserID). Errors: as IssueSession, and
+// invalid_argument for another scope.
+func (s *Sessions) IssueScoped(org, user, scope string, ttl time.Duration, permissions []string) (token string, sess Session, err error) {
 	if err := domain.CheckOrgID(org); err != nil {
 		return "", Session{}, err
 	}
@@ -129,6 +155,18 @@ func (s *Sessions) IssueSession(org, user string, ttl time.Duration, permissions
 	if ttl <= 0 || ttl > MaxSessionTTL {
 		return "", Session{}, domain.Errorf(domain.EInvalid, "a session lasts between 1 and %d seconds", int(MaxSessionTTL/time.Second))
 	}
+	switch scope {
+	case ScopeOrganization:
+	case ScopeUser:
+		if err := domain.CheckUserID("user_id", user); err != nil {
+			return "", Session{}, err
+		}
+	default:
+		if err := domain.CheckText("scope", scope, false); err != nil {
+			return "", Session{}, err
+		}
+		return "", Session{}, domain.Errorf(domain.EInvalid, `scope must be "organization" or "user", got %q`, scope)
+	}
 	perms, err := sessionPermissions(permissions)
 	if err != nil {
 		return "", Session{}, err
@@ -138,8 +176,8 @@ func (s *Sessions) IssueSession(org, user string, ttl time.Duration, permissions
 		return "", Session{}, err
 	}
 	sess = Session{ID: base64.RawURLEncoding.EncodeToString(nonce[:]), OrgID: org, UserID: user,
-		Permissions: perms, ExpiresAt: s.now().Add(ttl).UTC().Truncate(time.Millisecond)}
-	pl := sessionPayload{Org: org, User: user, Exp: sess.ExpiresAt.UnixMilli(), Nonce: sess.ID}
+		Permissions: perms, ExpiresAt: s.now().Add(ttl).UTC().Truncate(time.Millisecond), Scope: scope}
+	pl := sessionPayload{Org: org, User: user, Exp: sess.ExpiresAt.UnixMilli(), Nonce: sess.ID, Scope: scope}
 	if perms != nil {
 		pl.Perms = &perms
 	}
@@ -200,7 +238,15 @@ func (s *Sessions) Verify(token string) (Session, error) {
 	if !s.now().Before(exp) {
 		return Session{}, errSessionExpired
 	}
-	sess := Session{ID: pl.Nonce, OrgID: pl.Org, UserID: pl.User, ExpiresAt: exp}
+	scope := ScopeOrganization
+	switch pl.Scope {
+	case "", ScopeOrganization:
+	case ScopeUser:
+		scope = ScopeUser
+	default:
+		return Session{}, invalid
+	}
+	sess := Session{ID: pl.Nonce, OrgID: pl.Org, UserID: pl.User, ExpiresAt: exp, Scope: scope}
 	if pl.Perms != nil {
 		sess.Permissions = slices.Clip(*pl.Perms)
 		if sess.Permissions == nil {
@@ -225,6 +271,7 @@ type createSessionRequest struct {
 	UserID      string   `json:"user_id"`
 	TTLSeconds  *int64   `json:"ttl_seconds"`
 	Permissions []string `json:"permissions"`
+	Scope       string   `json:"scope"`
 }
 
 // sessionReply is the reply of POST /v1/widget/sessions.
@@ -235,10 +282,11 @@ type sessionReply struct {
 }
 
 // createSession answers POST /v1/widget/sessions (admin token only), body
-// {"org_id", "user_id", "ttl_seconds"?, "permissions"?}: a widget session
-// token for that user in that organization, valid ttl_seconds (1..3600,
-// default 600), that may grant at most "permissions" (absent or null: every
-// active permission): {"id", "token", "expires_at"}. The host
+// {"org_id", "user_id", "ttl_seconds"?, "permissions"?, "scope"?}: a
+// widget session token for that user in that organization, valid
+// ttl_seconds (1..3600, default 600), that may grant at most "permissions"
+// (absent or null: every active permission), of scope "organization"
+// (default) or "user": {"id", "token", "expires_at"}. The host
 // application's server calls it and hands the token to the page that
 // embeds the widget; it keeps the id to end the session early
 // (DELETE /v1/widget/sessions/{id}).
@@ -268,7 +316,10 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request, _ caller)
 		}
 		ttl = time.Duration(*req.TTLSeconds) * time.Second
 	}
-	token, sess, err := s.Sessions.IssueSession(req.OrgID, req.UserID, ttl, req.Permissions)
+	if req.Scope == "" {
+		req.Scope = ScopeOrganization
+	}
+	token, sess, err := s.Sessions.IssueScoped(req.OrgID, req.UserID, req.Scope, ttl, req.Permissions)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -277,9 +328,10 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request, _ caller)
 }
 
 // getSession answers GET /v1/widget/session (widget session token only):
-// {"id", "org_id", "user_id", "permissions", "expires_at"} of the token it
-// is called with, so the widget learns its organization and what it may
-// grant ("permissions": null means every active permission).
+// {"id", "org_id", "user_id", "permissions", "expires_at", "scope"} of the
+// token it is called with, so the widget learns its organization, what it
+// may grant ("permissions": null means every active permission) and which
+// keys it manages.
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request, c caller) {
 	writeJSON(w, http.StatusOK, c.session)
 }

@@ -42,7 +42,7 @@ func TestSessionsIssueVerify(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	if want := (Session{ID: got.ID, OrgID: "org_1", UserID: "user 42", ExpiresAt: exp}); got.ID == "" || !reflect.DeepEqual(got, want) {
+	if want := (Session{ID: got.ID, OrgID: "org_1", UserID: "user 42", ExpiresAt: exp, Scope: ScopeOrganization}); got.ID == "" || !reflect.DeepEqual(got, want) {
 		t.Errorf("Verify = %+v, want %+v", got, want)
 	}
 	if tok2 := mustIssue(t, s, "org_1", "user 42", 10*time.Minute); tok2 == tok {

@@ -23,6 +23,7 @@ type verifyRequest struct {
 	// ClientIP is the address of the client that presented the key, for
 	// allowed_cidrs (organization policies).
 	ClientIP *string `json:"client_ip"`
+	Resource string  `json:"resource"`
 }
 
 // verifyBuffers are the request body and reply buffers of one verify
@@ -59,8 +60,8 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 	// key and permissions alias body (bufs.in) on the fast path: used only
 	// within this call.
 	var permStore [maxFastPerms]string
-	key, permissions, ok := decodeVerifyFast(body, &permStore)
-	var client netip.Addr // the plain shape has no client_ip
+	key, permissions, resource, ok := decodeVerifyFast(body, &permStore)
+	var client netip.Addr // the fast shape has no client_ip
 	if !ok {
 		var req verifyRequest
 		if err := commands.Decode(body, &req); err != nil {
@@ -71,7 +72,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 			s.writeError(w, r, domain.Errorf(domain.EInvalid, `"key" is required: the API key to verify`))
 			return
 		}
-		key, permissions = *req.Key, req.Permissions
+		key, permissions, resource = *req.Key, req.Permissions, req.Resource
 		if req.ClientIP != nil {
 			a, err := netip.ParseAddr(*req.ClientIP)
 			if err != nil {
@@ -82,7 +83,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, _ caller) {
 		}
 	}
 	// An empty or mistyped key is a well-formed request: 200, code malformed.
-	res, err := s.Verifier.VerifyFrom(r.Context(), key, client, permissions...)
+	res, err := s.Verifier.VerifyRequest(r.Context(), key, verifier.Request{ClientIP: client, Resource: resource}, permissions...)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

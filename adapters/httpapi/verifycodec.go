@@ -16,8 +16,8 @@ import (
 // second implementations of the contract:
 //
 //   - decodeVerifyFast accepts only the plain shape of a verify request
-//     (one object with "key" and, optionally, "permissions", each at most
-//     once, strings of printable ASCII without escapes) and otherwise says
+//     (one object with "key" and, optionally, "permissions" and
+//     "resource", each at most once, strings of printable ASCII without escapes) and otherwise says
 //     it does not know, and the route falls back to commands.Decode; so
 //     every body is accepted or refused, and with the same values and error
 //     messages, as commands.Decode alone would.
@@ -33,71 +33,79 @@ const maxFastPerms = 16
 
 // decodeVerifyFast decodes body if it is a plain verify request: optional
 // JSON whitespace, an object whose members are "key" (a string) and
-// optionally "permissions" (an array of strings, or null), in either order,
-// each once, then optional whitespace and nothing else; every string made of
+// optionally "permissions" (an array of strings, or null) and "resource" (a
+// string), in any order, each once, then optional whitespace and nothing else; every string made of
 // printable ASCII other than '"' and '\\' (so no escapes); at most
-// commands.MaxBytes long. It returns the key and the permissions (in perms'
-// storage; nil for null or absent) and ok; for any other body ok is false
+// commands.MaxBytes long. It returns the key, the permissions (in perms'
+// storage; nil for null or absent), the resource ("" when absent) and ok; for any other body ok is false
 // and the caller must decode body with commands.Decode. It does not
-// allocate: key and the permissions alias body, so they are valid only
-// while body is.
-func decodeVerifyFast(body []byte, perms *[maxFastPerms]string) (key string, permissions []string, ok bool) {
+// allocate: key, the permissions and the resource alias body, so they are
+// valid only while body is.
+func decodeVerifyFast(body []byte, perms *[maxFastPerms]string) (key string, permissions []string, resource string, ok bool) {
 	if len(body) > commands.MaxBytes {
-		return "", nil, false // too_large, said by commands.Decode
+		return "", nil, "", false // too_large, said by commands.Decode
 	}
 	i := skipWS(body, 0)
 	if i >= len(body) || body[i] != '{' {
-		return "", nil, false
+		return "", nil, "", false
 	}
 	i = skipWS(body, i+1)
-	haveKey, havePerms := false, false
+	haveKey, havePerms, haveResource := false, false, false
 	for {
 		name, j, ok := fastString(body, i)
 		if !ok {
-			return "", nil, false
+			return "", nil, "", false
 		}
 		j = skipWS(body, j)
 		if j >= len(body) || body[j] != ':' {
-			return "", nil, false
+			return "", nil, "", false
 		}
 		j = skipWS(body, j+1)
 		switch name {
 		case "key":
 			if haveKey {
-				return "", nil, false
+				return "", nil, "", false
 			}
 			haveKey = true
 			if key, j, ok = fastString(body, j); !ok {
-				return "", nil, false
+				return "", nil, "", false
 			}
 		case "permissions":
 			if havePerms {
-				return "", nil, false
+				return "", nil, "", false
 			}
 			havePerms = true
 			if permissions, j, ok = fastStrings(body, j, perms); !ok {
-				return "", nil, false
+				return "", nil, "", false
+			}
+		case "resource":
+			if haveResource {
+				return "", nil, "", false
+			}
+			haveResource = true
+			if resource, j, ok = fastString(body, j); !ok {
+				return "", nil, "", false
 			}
 		default:
-			return "", nil, false
+			return "", nil, "", false
 		}
 		j = skipWS(body, j)
 		if j >= len(body) {
-			return "", nil, false
+			return "", nil, "", false
 		}
 		if body[j] == '}' {
 			i = j + 1
 			break
 		}
 		if body[j] != ',' {
-			return "", nil, false
+			return "", nil, "", false
 		}
 		i = skipWS(body, j+1)
 	}
 	if !haveKey || skipWS(body, i) != len(body) {
-		return "", nil, false
+		return "", nil, "", false
 	}
-	return key, permissions, true
+	return key, permissions, resource, true
 }
 
 // skipWS returns the index of the first byte at or after i that is not
@@ -195,18 +203,7 @@ func appendVerifyReply(dst []byte, r *verifier.Result) ([]byte, bool) {
 		dst = append(dst, `},"name":`...)
 		dst = appendJSONString(dst, k.Name)
 		dst = append(dst, `,"permissions":`...)
-		if k.Permissions == nil {
-			dst = append(dst, "null"...)
-		} else {
-			dst = append(dst, '[')
-			for i, p := range k.Permissions {
-				if i > 0 {
-					dst = append(dst, ',')
-				}
-				dst = appendJSONString(dst, p)
-			}
-			dst = append(dst, ']')
-		}
+		dst = appendStrings(dst, k.Permissions)
 		dst = append(dst, `,"expires_at":`...)
 		if k.ExpiresAt == nil {
 			dst = append(dst, "null"...)
@@ -226,12 +223,31 @@ func appendVerifyReply(dst []byte, r *verifier.Result) ([]byte, bool) {
 		if dst, ok = appendStringMap(dst, k.Metadata); !ok {
 			return dst, false
 		}
+		dst = append(dst, `,"roles":`...)
+		dst = appendStrings(dst, k.Roles)
+		dst = append(dst, `,"resources":`...)
+		dst = appendStrings(dst, k.Resources)
 		dst = append(dst, '}')
 	}
 	dst = append(dst, `,"sequence":`...)
 	dst = strconv.AppendUint(dst, r.Sequence, 10)
 	dst = append(dst, '}')
 	return dst, true
+}
+
+// appendStrings appends ss as json.Marshal does (null for nil).
+func appendStrings(dst []byte, ss []string) []byte {
+	if ss == nil {
+		return append(dst, "null"...)
+	}
+	dst = append(dst, '[')
+	for i, p := range ss {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendJSONString(dst, p)
+	}
+	return append(dst, ']')
 }
 
 // appendStringMap appends m as json.Marshal does (null for nil, keys

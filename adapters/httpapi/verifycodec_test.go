@@ -18,6 +18,9 @@ var verifyBodies = []string{
 	` { "permissions" : [ ] , "key" : "" } `,
 	`{"key":"sk_abc","permissions":null}`,
 	"{\n\t\"key\": \"sk_abc\",\r\n\"permissions\": [\"a\"]\n}\n",
+	`{"key":"sk_abc","resource":"project:p_1","permissions":["a"]}`,
+	`{"key":"sk_abc","resource":"a","resource":"b"}`,
+	`{"key":"sk_abc","resource":null}`,
 	`{"key":"sk_abc","key":"sk_abd"}`,
 	`{"Key":"sk_abc"}`,
 	`{"key":"sk_\u0061bc"}`,
@@ -45,7 +48,7 @@ func FuzzVerifyRequest(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var perms [maxFastPerms]string
-		key, permissions, ok := decodeVerifyFast(body, &perms)
+		key, permissions, resource, ok := decodeVerifyFast(body, &perms)
 		if !ok {
 			return
 		}
@@ -62,6 +65,9 @@ func FuzzVerifyRequest(f *testing.F) {
 		if !slices.Equal(permissions, req.Permissions) || (permissions == nil) != (req.Permissions == nil) {
 			t.Fatalf("%q: permissions %q, commands.Decode %q", body, permissions, req.Permissions)
 		}
+		if resource != req.Resource {
+			t.Fatalf("%q: resource %q, commands.Decode %q", body, resource, req.Resource)
+		}
 	})
 }
 
@@ -69,18 +75,18 @@ func FuzzVerifyRequest(f *testing.F) {
 // the unusual ones do not (and so meet commands.Decode's checks).
 func TestVerifyRequestFastPath(t *testing.T) {
 	fast := map[string]bool{}
-	for _, b := range verifyBodies[:5] {
+	for _, b := range verifyBodies[:6] {
 		fast[b] = true
 	}
 	for _, b := range verifyBodies {
 		var perms [maxFastPerms]string
-		_, _, ok := decodeVerifyFast([]byte(b), &perms)
+		_, _, _, ok := decodeVerifyFast([]byte(b), &perms)
 		if ok != fast[b] {
 			t.Errorf("%q: fast path %v, want %v", b, ok, fast[b])
 		}
 	}
 	big := `{"key":"` + strings.Repeat("a", commands.MaxBytes) + `"}`
-	if _, _, ok := decodeVerifyFast([]byte(big), new([maxFastPerms]string)); ok {
+	if _, _, _, ok := decodeVerifyFast([]byte(big), new([maxFastPerms]string)); ok {
 		t.Error("a body over commands.MaxBytes took the fast path")
 	}
 }
@@ -91,6 +97,7 @@ func sampleResult() verifier.Result {
 		ID: "key_01J0000000000000000000000", OrgID: "org_1", Owner: domain.Owner{Type: "organization", ID: "org_1"},
 		Name: "ci <deploy> & \"friends\"", Permissions: []string{"posts:read", "posts:write"}, ExpiresAt: &exp,
 		Metadata: map[string]string{"team": "a", "env": "prod\u2028", "zz": "\x00\xff"},
+		Roles:    []string{"ops"}, Resources: []string{"project:p_1", "project:p_2"},
 	}}
 }
 
@@ -112,6 +119,9 @@ func FuzzVerifyReply(f *testing.F) {
 			r.Key.Metadata = map[string]string{mk: mv, mv: mk, "k": name}
 		} else if shape&8 != 0 {
 			r.Key.Metadata = map[string]string{}
+		}
+		if shape&64 != 0 {
+			r.Key.Roles, r.Key.Resources = []string{perm}, []string{}
 		}
 		if shape&16 != 0 {
 			exp := time.Unix(0, expNs).UTC()
@@ -164,7 +174,7 @@ func TestVerifyCodecAllocs(t *testing.T) {
 	buf := make([]byte, 0, 1024)
 	var perms [maxFastPerms]string
 	if a := testing.AllocsPerRun(1000, func() {
-		if _, _, ok := decodeVerifyFast(body, &perms); !ok {
+		if _, _, _, ok := decodeVerifyFast(body, &perms); !ok {
 			t.Fatal("not fast")
 		}
 	}); a != 0 {

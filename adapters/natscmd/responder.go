@@ -1,12 +1,13 @@
 // Package natscmd answers keyd's commands over NATS request/reply.
 //
 // Subjects: keyd.cmd.keys.<org>.<command> (create, revoke, set_permissions,
-// update, rotate) and keyd.cmd.permissions.<command> (define, retire), in the
-// queue group "keyd" so several keyd processes share the load. A request is
-// run only if its reply subject is an inbox (see ReplyAllowed): anything else
-// (a publish without a reply subject, or a reply subject such as
-// keyd.events.… or $JS.API.…, which would make keyd's reply land in the
-// event stream or act on it) is refused unrun and unanswered, counted in
+// update, rotate, revoke_user_keys), keyd.cmd.permissions.<command> and
+// keyd.cmd.roles.<command> (define, retire), in the queue group "keyd" so
+// several keyd processes share the load. A request is run only if its
+// reply subject is an inbox (see ReplyAllowed): anything else (a publish
+// without a reply subject, or a reply subject such as keyd.events.… or
+// $JS.API.…, which would make keyd's reply land in the event stream or act
+// on it) is refused unrun and unanswered, counted in
 // keyd_commands_refused_total and logged at most once a second per reason.
 // Every request it runs gets exactly one reply: the command's JSON
 // result, or {"error": {"code", "message"}} (domain.ErrorBody). A request
@@ -172,7 +173,7 @@ func Parse(subject string) (org, name string, err error) {
 			return "", "", err
 		}
 		if !commands.IsKeyCommand(parts[4]) {
-			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update, rotate, suspend, resume or set_expiry", parts[4])
+			return "", "", domain.Errorf(domain.EInvalid, "unknown key command %q; use create, revoke, set_permissions, update, rotate, suspend, resume, set_expiry or revoke_user_keys", parts[4])
 		}
 		return parts[3], parts[4], nil
 	case len(parts) == 5 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "orgs":
@@ -188,8 +189,14 @@ func Parse(subject string) (org, name string, err error) {
 			return "", "", domain.Errorf(domain.EInvalid, "unknown permission command %q; use define or retire", parts[3])
 		}
 		return "", parts[3], nil
+	case len(parts) == 4 && parts[0] == "keyd" && parts[1] == "cmd" && parts[2] == "roles":
+		name := commands.RoleCommand(parts[3])
+		if name == "" {
+			return "", "", domain.Errorf(domain.EInvalid, "unknown role command %q; use define or retire", parts[3])
+		}
+		return "", name, nil
 	}
-	return "", "", domain.Errorf(domain.EInvalid, "unknown command subject %q; use keyd.cmd.keys.<org>.<command> or keyd.cmd.permissions.<command>", subject)
+	return "", "", domain.Errorf(domain.EInvalid, "unknown command subject %q; use keyd.cmd.keys.<org>.<command>, keyd.cmd.orgs.<org>.set_policy, keyd.cmd.permissions.<command> or keyd.cmd.roles.<command>", subject)
 }
 
 // accept reports whether m is to be run; a refused one is counted and

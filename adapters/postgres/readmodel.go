@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -77,17 +78,28 @@ func checkLimit(n, max int) error {
 
 // KeyFilter selects a page of keys.
 type KeyFilter struct {
-	// Status is "" or "all", "active", "revoked" or "expired".
+	// Status is "" or "all", "active", "revoked", "expired" or "suspended".
 	Status string
 	// Limit is the page size, 1 to 100; 0 means 50.
 	Limit int
 	// Cursor is "" for the first page, else the next cursor of the previous page.
 	Cursor string
+	// OwnerType is "", "organization" or "user"; OwnerID (a user id)
+	// selects one user's keys (and implies OwnerType "user").
+	OwnerType string
+	OwnerID   string
+	// Q selects keys whose name holds it (case-insensitive), or whose
+	// mask ends with it when it is 4 characters.
+	Q string
+	// Permission selects keys whose effective permissions include it.
+	Permission string
+	// ExpiresBefore selects keys that expire before it.
+	ExpiresBefore *time.Time
 }
 
 // keyColumns are the columns keyRow scans, in its field order.
 const keyColumns = `key_id, org_id, name, owner_type, owner_id, mask, permissions, status,
-	created_at, expires_at, revoked_at, last_used_at, metadata, version`
+	created_at, expires_at, revoked_at, last_used_at, metadata, version, roles, resources`
 
 type keyRow struct {
 	KeyID       string
@@ -104,6 +116,8 @@ type keyRow struct {
 	LastUsedAt  *time.Time
 	Metadata    map[string]string
 	Version     int64
+	Roles       []string
+	Resources   []string
 }
 
 func (r keyRow) view(now time.Time) domain.KeyView {
@@ -112,7 +126,7 @@ func (r keyRow) view(now time.Time) domain.KeyView {
 		Owner: domain.Owner{Type: r.OwnerType, ID: r.OwnerID},
 		Mask:  r.Mask, Permissions: r.Permissions, Status: r.Status,
 		CreatedAt: r.CreatedAt.UTC(), ExpiresAt: utc(r.ExpiresAt), RevokedAt: utc(r.RevokedAt),
-		Metadata: r.Metadata, Version: r.Version,
+		Metadata: r.Metadata, Version: r.Version, Roles: r.Roles, Resources: r.Resources,
 	}
 	return k.View(now, utc(r.LastUsedAt))
 }
@@ -145,35 +159,10 @@ func (r *ReadModel) ListKeys(ctx context.Context, org string, f KeyFilter) (keys
 		return nil, "", err
 	}
 	now := r.now()
-
-	// Every piece of SQL below is a constant; values go in as parameters.
-	q := "SELECT " + keyColumns + " FROM keys WHERE org_id = $1"
-	args := []any{org}
-	switch f.Status {
-	case "", "all":
-	case domain.StatusActive:
-		args = append(args, now)
-		q += " AND status = 'active' AND (expires_at IS NULL OR expires_at > $2)"
-	case domain.StatusRevoked:
-		q += " AND status = 'revoked'"
-	case domain.StatusExpired:
-		args = append(args, now)
-		q += " AND status <> 'revoked' AND expires_at <= $2"
-	case domain.StatusSuspended:
-		args = append(args, now)
-		q += " AND status = 'suspended' AND (expires_at IS NULL OR expires_at > $2)"
+	q, args, err := listQuery(org, f, limit, now)
+	if err != nil {
+		return nil, "", err
 	}
-	if f.Cursor != "" {
-		after, ok := decodeCursor(f.Cursor)
-		if !ok {
-			return nil, "", domain.Errorf(domain.EInvalid, "cursor is not valid")
-		}
-		args = append(args, after)
-		q += " AND key_id < $" + strconv.Itoa(len(args))
-	}
-	args = append(args, limit+1)
-	q += " ORDER BY key_id DESC LIMIT $" + strconv.Itoa(len(args))
-
 	rows, err := r.pool.Query(ctx, q, args...)
 	if err != nil {
 		return nil, "", classify(fmt.Errorf("list keys of organization %s: %w", org, err))
@@ -352,4 +341,173 @@ func (r *ReadModel) WaitForSequence(ctx context.Context, seq uint64, max time.Du
 		}
 		poll = min(2*poll, waitPollMax)
 	}
+}
+
+// MaxQueryLength bounds a listing's q.
+const MaxQueryLength = 200
+
+// CheckKeyFilter returns invalid_argument unless the filters of f (owner
+// type and id, q, permission) are well-formed.
+func CheckKeyFilter(f KeyFilter) error {
+	switch f.OwnerType {
+	case "", domain.OwnerOrganization, domain.OwnerUser:
+	default:
+		return domain.Errorf(domain.EInvalid, "owner_type must be organization or user, got %q", f.OwnerType)
+	}
+	if f.OwnerID != "" {
+		if f.OwnerType == domain.OwnerOrganization {
+			return domain.Errorf(domain.EInvalid, "owner_id names a user; it cannot be combined with owner_type=organization")
+		}
+		if err := domain.CheckUserID("owner_id", f.OwnerID); err != nil {
+			return err
+		}
+	}
+	if len(f.Q) > MaxQueryLength {
+		return domain.Errorf(domain.EInvalid, "q must be at most %d bytes", MaxQueryLength)
+	}
+	if err := domain.CheckText("q", f.Q, false); err != nil {
+		return err
+	}
+	if f.Permission != "" {
+		if err := domain.CheckSlug(f.Permission); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// escapeLike escapes LIKE's wildcards (and its escape character) in s.
+func escapeLike(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+// ListRoles returns the role catalog, retired roles included, sorted by slug
+// (byte order). Errors are database failures.
+func (r *ReadModel) ListRoles(ctx context.Context) ([]domain.Role, error) {
+	rows, err := r.pool.Query(ctx, `SELECT slug, description, permissions, status FROM `+migrations.RolesTable+` ORDER BY slug COLLATE "C"`)
+	if err != nil {
+		return nil, classify(fmt.Errorf("list roles: %w", err))
+	}
+	roles, err := pgx.CollectRows(rows, pgx.RowToStructByPos[domain.Role])
+	if err != nil {
+		return nil, classify(fmt.Errorf("list roles: %w", err))
+	}
+	if roles == nil {
+		roles = []domain.Role{}
+	}
+	return roles, nil
+}
+
+// UserKeyIDs returns the ids of the keys user owns in org that the key
+// listing does not hold as revoked, oldest first (served by
+// keys_org_owner). It reads the listing as it is: see UserKeys for a
+// directory that catches up with the stream first.
+func (r *ReadModel) UserKeyIDs(ctx context.Context, org, user string) ([]string, error) {
+	rows, err := r.pool.Query(ctx, `SELECT key_id FROM keys
+WHERE org_id = $1 AND owner_type = 'user' AND owner_id = $2 AND status <> 'revoked' ORDER BY key_id`, org, user)
+	if err != nil {
+		return nil, classify(fmt.Errorf("list keys of user %s: %w", user, err))
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, classify(fmt.Errorf("list keys of user %s: %w", user, err))
+	}
+	return ids, nil
+}
+
+// UserKeys is the domain.KeyDirectory of keyd: before listing a user's keys
+// it waits (at most Wait, default 5 s) until the key listing has applied
+// the stream's last sequence as StreamLast reports it, so every key whose
+// create reply was sent before the call is found.
+type UserKeys struct {
+	Reads      *ReadModel
+	StreamLast func(ctx context.Context) (uint64, error)
+	Wait       time.Duration
+}
+
+// UserKeyIDs implements domain.KeyDirectory; seq is the sequence the
+// listing had applied (at least the stream's last when called). Errors:
+// unavailable when the listing does not catch up in time; database and
+// stream failures.
+func (u UserKeys) UserKeyIDs(ctx context.Context, org, user string) (ids []string, seq uint64, err error) {
+	if u.StreamLast != nil {
+		last, err := u.StreamLast(ctx)
+		if err != nil {
+			return nil, 0, domain.Wrap(err, domain.EUnavailable, "the event stream is unavailable; retry")
+		}
+		wait := u.Wait
+		if wait <= 0 {
+			wait = 5 * time.Second
+		}
+		if seq, err = u.Reads.WaitForSequence(ctx, last, wait); err != nil {
+			return nil, 0, err
+		}
+	} else if seq, err = u.Reads.AppliedSequence(ctx); err != nil {
+		return nil, 0, err
+	}
+	ids, err = u.Reads.UserKeyIDs(ctx, org, user)
+	return ids, seq, err
+}
+
+// listQuery is the SQL and arguments of ListKeys (a page of limit+1 rows:
+// one more tells whether a next page exists). Every filter is served by an
+// index of 0001 and 0004 (see 0004_owners_roles_resources.sql).
+func listQuery(org string, f KeyFilter, limit int, now time.Time) (string, []any, error) {
+	// Every piece of SQL below is a constant; values go in as parameters.
+	q := "SELECT " + keyColumns + " FROM keys WHERE org_id = $1"
+	args := []any{org}
+	switch f.Status {
+	case "", "all":
+	case domain.StatusActive:
+		args = append(args, now)
+		q += " AND status = 'active' AND (expires_at IS NULL OR expires_at > $2)"
+	case domain.StatusRevoked:
+		q += " AND status = 'revoked'"
+	case domain.StatusExpired:
+		args = append(args, now)
+		q += " AND status <> 'revoked' AND expires_at <= $2"
+	case domain.StatusSuspended:
+		args = append(args, now)
+		q += " AND status = 'suspended' AND (expires_at IS NULL OR expires_at > $2)"
+	}
+	if err := CheckKeyFilter(f); err != nil {
+		return "", nil, err
+	}
+	if f.OwnerID != "" {
+		args = append(args, f.OwnerID)
+		q += " AND owner_type = 'user' AND owner_id = $" + strconv.Itoa(len(args))
+	} else if f.OwnerType != "" {
+		args = append(args, f.OwnerType)
+		q += " AND owner_type = $" + strconv.Itoa(len(args))
+	}
+	if f.Q != "" {
+		// keys_name_trgm serves the substring, keys_org_mask4 the mask.
+		args = append(args, "%"+escapeLike(strings.ToLower(f.Q))+"%")
+		cond := "lower(name) LIKE $" + strconv.Itoa(len(args))
+		if len(f.Q) == 4 {
+			args = append(args, f.Q)
+			cond = "(" + cond + " OR right(mask, 4) = $" + strconv.Itoa(len(args)) + ")"
+		}
+		q += " AND " + cond
+	}
+	if f.Permission != "" {
+		args = append(args, []string{f.Permission})
+		q += " AND effective_permissions @> $" + strconv.Itoa(len(args)) + "::text[]"
+	}
+	if f.ExpiresBefore != nil {
+		args = append(args, *f.ExpiresBefore)
+		q += " AND expires_at < $" + strconv.Itoa(len(args))
+	}
+	if f.Cursor != "" {
+		after, ok := decodeCursor(f.Cursor)
+		if !ok {
+			return "", nil, domain.Errorf(domain.EInvalid, "cursor is not valid")
+		}
+		args = append(args, after)
+		q += " AND key_id < $" + strconv.Itoa(len(args))
+	}
+	args = append(args, limit+1)
+	q += " ORDER BY key_id DESC LIMIT $" + strconv.Itoa(len(args))
+
+	return q, args, nil
 }

@@ -9,6 +9,9 @@
  *                  Set it again to refresh an expired session; the widget reloads.
  *   api-base       keyd base URL; defaults to the origin this script was loaded from.
  *   org-id         organization id; if absent the widget asks GET /v1/widget/session.
+ * Sessions: an organization-scope session (the default) lists every key of the
+ *   organization with an Owner column, creates organization keys and may revoke
+ *   or suspend members' keys; a user-scope session manages only its own user's keys.
  * Events (bubble, composed):
  *   keyd-session-expired  the API answered 401; detail: {message}. Set a fresh
  *                         session-token to continue.
@@ -37,7 +40,11 @@
     return '';
   })();
 
-  const PAGE_SIZE = 20;
+  const PAGE_SIZE = 10;
+  // A resource as keyd takes it: "<type>:<id>", split at the first ':'.
+  const RESOURCE_RE = /^[a-z][a-z0-9_-]{0,63}:[A-Za-z0-9_.:\/@-]{1,256}$/;
+  const STATUS_FILTERS = [['all', 'Any status'], ['active', 'Active'], ['suspended', 'Suspended'], ['revoked', 'Revoked'], ['expired', 'Expired']];
+  const OWNER_FILTERS = [['', 'Anyone'], ['organization', 'The organization'], ['user', 'Members'], ['member', 'One member…']];
   const MSG_SESSION = 'Your session has expired. Refresh the page to continue.';
   const MSG_NETWORK = 'Could not reach the API key service. Check your connection and try again.';
   const MSG_NO_TOKEN = 'This page did not provide a session for managing API keys.';
@@ -319,6 +326,28 @@ code.mask { font-family: var(--_mono); font-size: 12.5px; white-space: nowrap; }
   border-radius: calc(var(--_radius) / 2); border: 1px solid var(--_border);
   background: var(--_subtle); white-space: nowrap;
 }
+.rolechip, .reschip {
+  font-size: 11.5px; line-height: 18px; padding: 0 6px; border-radius: 999px; white-space: nowrap;
+  border: 1px solid color-mix(in srgb, var(--_accent) 45%, var(--_border));
+  color: color-mix(in srgb, var(--_accent) 80%, var(--_fg));
+}
+.reschip { font-family: var(--_mono); border-style: dashed; }
+.owner { overflow-wrap: anywhere; }
+.owner .org { color: var(--_muted); }
+.filters { display: flex; flex-wrap: wrap; align-items: flex-end; gap: 10px 12px; margin-bottom: 12px; }
+.filters .field { gap: 4px; min-width: 140px; flex: 0 1 auto; }
+.filters .field.grow { flex: 1 1 220px; }
+.filters .field > label { font-size: 13px; }
+.filters .buttons { display: flex; gap: 8px; }
+input[type=search] {
+  width: 100%; min-height: 36px; padding: 6px 10px;
+  border: 1px solid var(--_border); border-radius: var(--_radius); background: var(--_bg); color: var(--_fg);
+}
+.pager { display: flex; align-items: center; justify-content: space-between; gap: 12px; padding: 10px; border-top: 1px solid var(--_border); }
+.pager .pageinfo { color: var(--_muted); font-size: 13px; }
+textarea.resources { width: 100%; min-height: 60px; padding: 6px 10px; font-family: var(--_mono); font-size: 13px;
+  border: 1px solid var(--_border); border-radius: var(--_radius); background: var(--_bg); color: var(--_fg); resize: vertical; }
+textarea[aria-invalid=true] { border-color: var(--_danger); }
 .badge { display: inline-flex; align-items: center; gap: 6px; white-space: nowrap; font-weight: 500; }
 .badge::before { content: ""; width: 7px; height: 7px; border-radius: 50%; background: currentColor; }
 .badge.active { color: var(--_ok); }
@@ -450,6 +479,18 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       this._catalogPromise = null;
       this._policy = null; // the organization's policy (GET /v1/orgs/{org}/policy)
       this._policyPromise = null;
+      this._roles = null; // [{slug, description, permissions, status}]
+      this._rolesPromise = null;
+      this._scope = null; // 'organization' or 'user', from GET /v1/widget/session
+      this._user = null;
+      // A session narrowed to some permissions ("permissions" not null) may
+      // grant no role: the role picker is not offered, and roles not sent.
+      this._narrowed = false;
+      // Listing filters as applied, and as being edited (applied on submit).
+      this._filters = { q: '', status: 'all', owner: '', member: '', permission: '' };
+      this._draft = Object.assign({}, this._filters);
+      this._cursor = null; // the cursor of the page shown (null: the first)
+      this._prev = []; // the cursors of the pages before it
       this._keys = [];
       this._next = null;
       this._loaded = false;
@@ -495,6 +536,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
           if (!this._loaded) this._start();
           else {
             this._loadCatalog().catch(() => {});
+            this._loadRoles().catch(() => {});
             this._loadList({ keep: true });
           }
         }
@@ -507,6 +549,11 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       this._catalogPromise = null;
       this._policy = null;
       this._policyPromise = null;
+      this._roles = null;
+      this._rolesPromise = null;
+      this._scope = null;
+      this._cursor = null;
+      this._prev = [];
       this._keys = [];
       this._next = null;
       this._loaded = false;
@@ -538,7 +585,9 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         this._render();
         return;
       }
-      this._loadCatalog().catch(() => {});
+      // The filters offer the catalog's permissions once it is there.
+      this._loadCatalog().then(() => { if (this._loaded) this._render(); }, () => {});
+      this._loadRoles().catch(() => {});
       this._loadPolicy().catch(() => {});
       this._loadList({});
     }
@@ -608,31 +657,63 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
 
     async _ensureOrg() {
       const attr = (this.getAttribute('org-id') || '').trim();
-      if (attr) {
-        this._org = attr;
-        return;
-      }
-      if (this._org) return;
-      // One session lookup at a time, shared by whoever needs the org meanwhile.
+      if (attr) this._org = attr;
+      if (this._org && this._scope) return;
+      // One session lookup at a time, shared by whoever needs it meanwhile: it
+      // names the organization and the session's scope.
       if (!this._orgPromise) {
-        const p = this._request('GET', '/v1/widget/session').catch((err) => {
+        const p = this._request('GET', '/v1/widget/session').then((s) => {
+          if (!s || typeof s.org_id !== 'string' || !s.org_id) {
+            throw new ApiError('http', 200, 'bad_response', 'The session does not name an organization.');
+          }
+          return s;
+        }, (err) => {
           if (err.status === 404 || err.status === 405) {
+            // An older keyd: organization scope.
+            if (attr) return { org_id: attr, scope: 'organization' };
             throw new ApiError('http', err.status, err.code,
               'This keyd server cannot tell which organization the session belongs to. Set the org-id attribute on <keyd-api-keys>.');
           }
           throw err;
-        }).then((s) => {
-          if (!s || typeof s.org_id !== 'string' || !s.org_id) {
-            throw new ApiError('http', 200, 'bad_response', 'The session does not name an organization.');
-          }
-          return s.org_id;
         });
         this._orgPromise = p;
         p.catch(() => {}).then(() => {
           if (this._orgPromise === p) this._orgPromise = null;
         });
       }
-      this._org = await this._orgPromise;
+      const sess = await this._orgPromise;
+      if (!attr) this._org = sess.org_id;
+      this._scope = sess.scope === 'user' ? 'user' : 'organization';
+      this._user = typeof sess.user_id === 'string' ? sess.user_id : null;
+      this._narrowed = Array.isArray(sess.permissions);
+    }
+
+    get _userScope() {
+      return this._scope === 'user';
+    }
+
+    _loadRoles() {
+      if (this._roles) return Promise.resolve(this._roles);
+      if (this._rolesPromise) return this._rolesPromise;
+      const p = this._request('GET', '/v1/roles').then(
+        (data) => {
+          if (this._rolesPromise !== p) return this._roles;
+          this._roles = Array.isArray(data.data) ? data.data : [];
+          this._rolesPromise = null;
+          return this._roles;
+        },
+        (err) => {
+          if (this._rolesPromise === p) this._rolesPromise = null;
+          // An older keyd without roles: none to offer.
+          if (err.status === 404) {
+            this._roles = [];
+            return this._roles;
+          }
+          throw err;
+        },
+      );
+      this._rolesPromise = p;
+      return p;
     }
 
     _loadCatalog() {
@@ -662,8 +743,8 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       this._render();
       try {
         await this._ensureOrg();
-        const limit = opts.keep ? Math.min(100, Math.max(PAGE_SIZE, this._keys.length)) : PAGE_SIZE;
-        const q = new URLSearchParams({ limit: String(limit) });
+        const q = this._listQuery();
+        if (this._cursor) q.set('cursor', this._cursor);
         if (opts.minSequence) q.set('min_sequence', String(opts.minSequence));
         const data = await this._request('GET', this._orgPath() + '?' + q.toString());
         if (gen !== this._gen) return;
@@ -677,32 +758,43 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       }
       this._loading = false;
       this._render();
+      // Keep the keyboard where it was: on the pager button (the other one at
+      // either end), else the search box.
+      if (opts.focus && !this._focus(opts.focus) && !this._focus(opts.focus === 'next' ? 'prev' : 'next')) this._focus('filter-q');
     }
 
-    async _loadMore() {
-      if (!this._next || this._loadingMore) return;
-      const gen = this._gen;
-      this._loadingMore = true;
-      this._listError = null;
-      this._render();
-      try {
-        const q = new URLSearchParams({ limit: String(PAGE_SIZE), cursor: this._next });
-        const data = await this._request('GET', this._orgPath() + '?' + q.toString());
-        if (gen !== this._gen) return;
-        const seen = new Set(this._keys.map((k) => k.id));
-        const fresh = (Array.isArray(data.data) ? data.data : []).filter((k) => !seen.has(k.id));
-        this._keys = this._keys.concat(fresh);
-        this._next = data.next_cursor || null;
-        this._loadingMore = false;
-        this._render();
-        if (fresh.length && !this._next) this._focus('row:' + fresh[0].id);
-      } catch (err) {
-        if (gen !== this._gen) return;
-        this._loadingMore = false;
-        this._listError = err;
-        this._retry = () => this._loadMore();
-        this._render();
+    // _listQuery is the listing's query: one page, with the applied filters.
+    _listQuery() {
+      const f = this._filters;
+      const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      if (f.status && f.status !== 'all') q.set('status', f.status);
+      if (f.q) q.set('q', f.q);
+      if (f.permission) q.set('permission', f.permission);
+      if (!this._userScope) {
+        if (f.owner === 'member' && f.member) q.set('owner_id', f.member);
+        else if (f.owner === 'organization' || f.owner === 'user') q.set('owner_type', f.owner);
       }
+      return q;
+    }
+
+    _page(dir) {
+      if (this._loading) return;
+      if (dir > 0) {
+        if (!this._next) return;
+        this._prev.push(this._cursor);
+        this._cursor = this._next;
+      } else {
+        if (!this._prev.length) return;
+        this._cursor = this._prev.pop();
+      }
+      this._loadList({ focus: dir > 0 ? 'next' : 'prev' });
+    }
+
+    _applyFilters(focusFid) {
+      this._filters = Object.assign({}, this._draft);
+      this._cursor = null;
+      this._prev = [];
+      this._loadList({ focus: focusFid });
     }
 
     _merge(key, atTop) {
@@ -726,8 +818,10 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
 
       const head = h('div', { class: 'head' },
         h('div', null,
-          h('h2', { id: this._ids('title') }, 'API keys'),
-          h('p', null, 'Keys let your scripts and services call the API on behalf of this organization.')),
+          h('h2', { id: this._ids('title') }, this._userScope ? 'Your API keys' : 'API keys'),
+          h('p', null, this._userScope
+            ? 'Your personal keys let your scripts call the API as you. Only you can see and manage them.'
+            : 'Keys let your scripts and services call the API on behalf of this organization.')),
         createBtn);
 
       const banner = h('div', { class: 'banner', role: 'alert' });
@@ -739,33 +833,34 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         }
       }
 
+      const filtering = this._filtered();
       let body;
       if (!this._loaded) {
         body = this._loading
           ? h('div', { class: 'frame loading', role: 'status' }, 'Loading API keys…')
           : null;
-      } else if (this._keys.length === 0) {
-        body = h('div', { class: 'frame empty' },
-          h('strong', null, 'No API keys yet'),
-          'Create a key to let a script or service call the API.');
+      } else if (this._keys.length === 0 && !this._prev.length) {
+        body = filtering
+          ? h('div', { class: 'frame empty', role: 'status' },
+            h('strong', null, 'No keys match'),
+            'Change the search or the filters to see more keys.')
+          : h('div', { class: 'frame empty' },
+            h('strong', null, 'No API keys yet'),
+            'Create a key to let a script or service call the API.');
       } else {
-        body = h('div', { class: 'frame' }, this._table(),
-          this._next ? h('div', { class: 'more' },
-            h('button', {
-              type: 'button', 'data-fid': 'more', disabled: this._loadingMore,
-              'aria-busy': this._loadingMore ? 'true' : null,
-              onclick: () => this._loadMore(),
-            }, 'Load more')) : null);
+        body = h('div', { class: 'frame' }, this._table(), this._pager());
       }
 
       this._root.setAttribute('aria-busy', this._loading || this._loadingMore ? 'true' : 'false');
+      const filters = this._loaded || filtering ? this._filterBar() : null;
       this._root.replaceChildren(
-        h('section', { 'aria-labelledby': this._ids('title') }, head, banner, body));
+        h('section', { 'aria-labelledby': this._ids('title') }, head, filters, banner, body));
       if (fid) this._focus(fid);
     }
 
     _table() {
       const cols = ['Name', 'Key', 'Permissions', 'Created', 'Last used', 'Expires', 'Status'];
+      if (!this._userScope) cols.splice(1, 0, 'Owner');
       const thead = h('thead', null,
         h('tr', null,
           cols.map((c) => h('th', { scope: 'col', role: 'columnheader' }, c)),
@@ -776,7 +871,7 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       // Explicit roles: the card layouts change `display`, which can cost a table
       // its semantics in some browsers.
       return h('table', { role: 'table' },
-        h('caption', { class: 'vh' }, 'API keys, newest first'),
+        h('caption', { class: 'vh' }, (this._userScope ? 'Your API keys' : 'API keys') + ', newest first, page ' + (this._prev.length + 1)),
         thead, tbody);
     }
 
@@ -792,8 +887,19 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         expires = h('div', null, expires, h('span', { class: 'soon' }, 'Expires soon'));
       }
 
+      const roles = Array.isArray(k.roles) ? k.roles : [];
+      const resources = Array.isArray(k.resources) ? k.resources : [];
+      const owner = k.owner && typeof k.owner === 'object' ? k.owner : { type: 'organization', id: '' };
+      const memberKey = owner.type === 'user';
       const actions = h('td', { class: 'actions', role: 'cell' });
-      if (status === 'active') {
+      if (status === 'active' && memberKey && !this._userScope) {
+        // An organization session may revoke a member's key, not change it.
+        actions.append(h('div', { class: 'actions-inner' },
+          h('button', {
+            type: 'button', class: 'ghost small danger-text', 'data-fid': 'revoke:' + k.id,
+            'aria-label': 'Revoke ' + name, onclick: () => this._openRevoke(k.id),
+          }, 'Revoke')));
+      } else if (status === 'active') {
         actions.append(h('div', { class: 'actions-inner' },
           h('button', {
             type: 'button', class: 'ghost small', 'data-fid': 'rotate:' + k.id,
@@ -809,14 +915,20 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
           }, 'Revoke')));
       }
 
-      this._lifecycleActions(actions, k, status, name);
+      this._lifecycleActions(actions, k, status, name, memberKey && !this._userScope);
 
       return h('tr', { class: status === 'active' ? '' : 'inactive', 'data-key-id': k.id, role: 'row' },
         h('th', { scope: 'row', role: 'rowheader', tabindex: '-1', 'data-fid': 'row:' + k.id },
           h('div', { class: 'name' }, name)),
+        this._userScope ? null : cell('Owner', 'owner', memberKey
+          ? h('span', { class: 'member' }, String(owner.id))
+          : h('span', { class: 'org' }, 'Organization')),
         cell('Key', '', h('code', { class: 'mask' }, k.mask || '')),
-        cell('Permissions', 'perms-cell', perms.length
-          ? h('div', { class: 'perms' }, perms.map((p) => h('span', { class: 'chip' }, p)))
+        cell('Permissions', 'perms-cell', perms.length || roles.length || resources.length
+          ? h('div', { class: 'perms' },
+            perms.map((p) => h('span', { class: 'chip' }, p)),
+            roles.map((r) => h('span', { class: 'rolechip', title: 'Role' }, h('span', { class: 'vh' }, 'Role '), r)),
+            resources.map((r) => h('span', { class: 'reschip', title: 'Only this resource of its type' }, h('span', { class: 'vh' }, 'Resource '), r)))
           : h('span', { class: 'none' }, 'None')),
         cell('Created', 'when', timeEl(k.created_at, false)),
         cell('Last used', 'when', timeEl(k.last_used_at, true)),
@@ -825,9 +937,91 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         actions);
     }
 
+    _filtered() {
+      const f = this._filters;
+      return !!(f.q || (f.status && f.status !== 'all') || f.permission || f.owner);
+    }
+
+    // _filterBar renders the search box and the filters. Typing changes only
+    // the draft; the search applies on Enter or the Search button, and each
+    // select applies at once.
+    _filterBar() {
+      const d = this._draft;
+      const id = (n) => this._ids('filter-' + n);
+      const select = (name, label, choices, value) => h('div', { class: 'field' },
+        h('label', { for: id(name) }, label),
+        h('select', {
+          id: id(name), name, 'data-fid': 'filter-' + name,
+          onchange: (e) => {
+            d[name] = e.target.value;
+            if (name === 'owner' && d.owner === 'member') {
+              this._render();
+              this._focus('filter-member');
+              return;
+            }
+            this._applyFilters('filter-' + name);
+          },
+        }, choices.map(([v, l]) => h('option', { value: v, selected: v === value }, l))));
+      const perms = (this._catalog || []).filter((p) => p && typeof p.slug === 'string');
+      const fields = [
+        h('div', { class: 'field grow' },
+          h('label', { for: id('q') }, 'Search keys'),
+          h('input', {
+            type: 'search', id: id('q'), name: 'q', 'data-fid': 'filter-q', value: d.q, autocomplete: 'off',
+            placeholder: 'Name, or the last 4 characters of the key', maxlength: '200',
+            oninput: (e) => { d.q = e.target.value; },
+          })),
+        select('status', 'Status', STATUS_FILTERS, d.status),
+      ];
+      if (!this._userScope) {
+        fields.push(select('owner', 'Owner', OWNER_FILTERS, d.owner));
+        if (d.owner === 'member') {
+          fields.push(h('div', { class: 'field' },
+            h('label', { for: id('member') }, 'Member user id'),
+            h('input', {
+              type: 'text', id: id('member'), name: 'member', 'data-fid': 'filter-member', value: d.member,
+              autocomplete: 'off', maxlength: '128', oninput: (e) => { d.member = e.target.value.trim(); },
+            })));
+        }
+      }
+      fields.push(select('permission', 'Permission', [['', 'Any permission']].concat(perms.map((p) => [p.slug, p.slug])), d.permission));
+      const form = h('form', { class: 'filters', role: 'search', 'aria-label': 'Search and filter API keys', novalidate: true },
+        fields,
+        h('div', { class: 'buttons' },
+          h('button', { type: 'submit', 'data-fid': 'filter-apply' }, 'Search'),
+          this._filtered() ? h('button', {
+            type: 'button', class: 'ghost', 'data-fid': 'filter-clear',
+            onclick: () => {
+              this._draft = { q: '', status: 'all', owner: '', member: '', permission: '' };
+              this._applyFilters('filter-q');
+            },
+          }, 'Clear filters') : null));
+      form.addEventListener('submit', (e) => {
+        e.preventDefault();
+        this._applyFilters('filter-apply');
+      });
+      return form;
+    }
+
+    // _pager renders previous and next page buttons (10 keys a page).
+    _pager() {
+      const page = this._prev.length + 1;
+      if (page === 1 && !this._next) return null;
+      return h('nav', { class: 'pager', 'aria-label': 'Pages of API keys' },
+        h('button', {
+          type: 'button', 'data-fid': 'prev', disabled: page === 1 || this._loading,
+          onclick: () => this._page(-1),
+        }, 'Previous page'),
+        h('span', { class: 'pageinfo', 'aria-live': 'polite' }, 'Page ' + page),
+        h('button', {
+          type: 'button', 'data-fid': 'next', disabled: !this._next || this._loading,
+          onclick: () => this._page(1),
+        }, 'Next page'));
+    }
+
     _focus(fid) {
       const el = this.shadowRoot.querySelector('[data-fid="' + CSS_escape(fid) + '"]');
-      if (el) {
+      if (el && !el.disabled) {
         el.focus();
         return true;
       }
@@ -975,6 +1169,88 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       return fs;
     }
 
+    // rolePicker renders one checkbox per active role, beside the permissions
+    // (nothing for a narrowed session, which may grant no role); like the
+    // permissions, only roles whose every permission the organization's
+    // policy allows are offered (keyd refuses the others).
+    _rolePicker(selected) {
+      if (this._narrowed) return null;
+      const fs = h('fieldset', { 'aria-describedby': this._ids('role-note') },
+        h('legend', null, 'Roles'));
+      const holder = h('div');
+      const note = h('div', { id: this._ids('role-note'), class: 'hint' });
+      fs.append(holder, note);
+      const fill = (roles) => {
+        const active = roles.filter((r) => r && r.status === 'active' && typeof r.slug === 'string' &&
+          (Array.isArray(r.permissions) ? r.permissions : []).every((p) => this._policyAllows(p)));
+        const activeSet = new Set(active.map((r) => r.slug));
+        if (active.length === 0) {
+          holder.replaceChildren(h('div', { class: 'checks-empty' }, 'No roles are available.'));
+        } else {
+          holder.replaceChildren(h('div', { class: 'checks' }, active.map((r, i) => {
+            const id = this._ids('role-' + i);
+            const descId = id + '-d';
+            const perms = Array.isArray(r.permissions) ? r.permissions : [];
+            const desc = (r.description ? r.description + ' ' : '') + '(' + (perms.length ? perms.join(', ') : 'no permissions') + ')';
+            return h('div', { class: 'check' },
+              h('input', { type: 'checkbox', id, name: 'role', value: r.slug, checked: selected.has(r.slug), 'aria-describedby': descId }),
+              h('label', { for: id }, r.slug),
+              h('span', { class: 'desc', id: descId }, desc));
+          })));
+        }
+        const gone = [...selected].filter((s) => !activeSet.has(s));
+        note.textContent = gone.length ? 'No longer available, removed when you save: ' + gone.join(', ') + '.' : '';
+      };
+      if (this._roles && this._policy) fill(this._roles);
+      else {
+        holder.replaceChildren(h('div', { class: 'checks-empty', role: 'status' }, 'Loading roles…'));
+        Promise.all([this._loadRoles(), this._loadPolicy().catch(() => null)]).then((r) => fill(r[0]), (err) => {
+          holder.replaceChildren(h('div', { class: 'err', role: 'alert' }, h('span', { class: 'msg' }, err.message)));
+        });
+      }
+      return fs;
+    }
+
+    // resourcesField is a text area of "type:id" entries, one per line.
+    _resourcesField(list) {
+      const id = this._ids('resources');
+      const hintId = this._ids('resources-hint');
+      return h('div', { class: 'field' },
+        h('label', { for: id }, 'Resources'),
+        h('textarea', {
+          id, name: 'resources', class: 'resources', rows: 3, 'aria-describedby': hintId,
+          autocomplete: 'off', autocapitalize: 'off', spellcheck: 'false',
+          placeholder: 'project:p_123', value: list.join('\n'),
+        }),
+        h('div', { class: 'hint', id: hintId },
+          'One per line, as type:id (for example project:p_123). For each type listed, the key can reach only those ids; leave empty for no restriction.'));
+    }
+
+    // _resources returns the entries of the resources field, or null (having
+    // marked the field) when one is not type:id.
+    _resources() {
+      const ta = this._dialog.querySelector('textarea[name=resources]');
+      if (!ta) return [];
+      const list = ta.value.split(/[\n,]+/).map((s) => s.trim()).filter((s) => s);
+      const bad = list.find((r) => !RESOURCE_RE.test(r));
+      const hint = ta.parentElement.querySelector('.hint');
+      if (bad || list.length > 100) {
+        ta.setAttribute('aria-invalid', 'true');
+        hint.textContent = bad
+          ? '"' + bad + '" is not type:id: a lowercase type, a colon, then an id of letters, digits and _ . : / @ -.'
+          : 'A key can list at most 100 resources.';
+        hint.style.color = 'var(--_danger)';
+        ta.focus();
+        return null;
+      }
+      ta.removeAttribute('aria-invalid');
+      return list;
+    }
+
+    _checkedRoles() {
+      return [...this._dialog.querySelectorAll('input[name=role]')].filter((c) => c.checked).map((c) => c.value);
+    }
+
     _checkedPermissions() {
       return [...this._dialog.querySelectorAll('input[name=permission]')]
         .filter((c) => c.checked).map((c) => c.value);
@@ -994,6 +1270,8 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
           name,
           h('div', { class: 'hint', id: nameErrId }, 'A name helps you recognise the key later.')),
         this._permissionPicker(new Set()),
+        this._rolePicker(new Set()),
+        this._resourcesField([]),
         h('div', { class: 'field' },
           h('label', { for: expId }, 'Expires'),
           h('select', { id: expId, name: 'expires' },
@@ -1029,7 +1307,10 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       const k = this._keyById(id);
       if (!k) return;
       const picker = this._permissionPicker(new Set(Array.isArray(k.permissions) ? k.permissions : []));
-      const content = this._form('Permissions for ' + (k.name || 'this key'), 'Choose what this key is allowed to do.', [picker], 'Save');
+      const roles = this._rolePicker(new Set(Array.isArray(k.roles) ? k.roles : []));
+      const resources = this._resourcesField(Array.isArray(k.resources) ? k.resources : []);
+      const content = this._form('Permissions for ' + (k.name || 'this key'),
+        'Choose what this key is allowed to do: permissions, roles, and the resources it may reach.', [picker, roles, resources], 'Save');
       this._openDialog({ kind: 'edit', keyId: id }, content, null, 'edit:' + id);
       const first = this._dialog.querySelector('input[name=permission]');
       (first || this._dialog.querySelector('button')).focus();
@@ -1134,7 +1415,11 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
           return;
         }
         nameInput.removeAttribute('aria-invalid');
+        const resources = this._resources();
+        if (resources === null) return;
         const body = { name, permissions: this._checkedPermissions() };
+        if (this._roles && !this._narrowed) body.roles = this._checkedRoles();
+        if (resources.length) body.resources = resources;
         const choice = this._expiryChoices().find(([v]) => v === this._dialog.querySelector('select[name=expires]').value);
         const exp = choice ? this._expiryFor(choice, true) : null;
         if (exp) body.expires_at = exp;
@@ -1143,7 +1428,10 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         const grace = Number(this._dialog.querySelector('select[name=grace]').value) || 0;
         req = () => this._request('POST', keyPath('/rotate'), { grace_period_seconds: grace });
       } else if (d.kind === 'edit') {
-        const body = { permissions: this._checkedPermissions() };
+        const resources = this._resources();
+        if (resources === null) return;
+        const body = { permissions: this._checkedPermissions(), resources };
+        if (this._roles && !this._narrowed) body.roles = this._checkedRoles();
         req = () => this._request('PUT', keyPath('/permissions'), body);
       } else if (d.kind === 'revoke') {
         req = () => this._request('POST', keyPath('/revoke'), {});
@@ -1291,7 +1579,10 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
 
     // _lifecycleActions adds the row's lifecycle buttons: Suspend or Resume,
     // Edit expiration, and Details (every key, revoked and expired too).
-    _lifecycleActions(actions, k, status, name) {
+    // revokeOnly: an organization session looking at a member's key, which it
+    // may suspend and revoke but not change (no Resume, Edit permissions or
+    // Edit expiration).
+    _lifecycleActions(actions, k, status, name, revokeOnly) {
       let inner = actions.querySelector('.actions-inner');
       if (!inner) {
         inner = h('div', { class: 'actions-inner' });
@@ -1304,13 +1595,15 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       if (status === 'active') {
         inner.append(btn('Suspend', 'suspend', 'Suspend ' + name, () => this._openSuspend(k.id)));
       }
-      if (status === 'suspended') {
+      if (status === 'suspended' && revokeOnly) {
+        inner.append(btn('Revoke', 'revoke', 'Revoke ' + name, () => this._openRevoke(k.id), 'danger-text'));
+      } else if (status === 'suspended') {
         inner.append(
           btn('Resume', 'resume', 'Resume ' + name, () => this._openResume(k.id)),
           btn('Edit permissions', 'edit', 'Edit permissions for ' + name, () => this._openEdit(k.id)),
           btn('Revoke', 'revoke', 'Revoke ' + name, () => this._openRevoke(k.id), 'danger-text'));
       }
-      if (status === 'active' || status === 'suspended') {
+      if (!revokeOnly && (status === 'active' || status === 'suspended')) {
         inner.append(btn('Edit expiration', 'expiry', 'Edit expiration of ' + name, () => this._openExpiry(k.id)));
       }
       inner.append(btn('Details', 'details', 'Details and history of ' + name, () => this._openDetails(k.id)));
@@ -1444,6 +1737,9 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
       const histId = this._ids('history-title');
       const status = effectiveStatus(k);
       const perms = Array.isArray(k.permissions) ? k.permissions : [];
+      const roles = Array.isArray(k.roles) ? k.roles : [];
+      const resources = Array.isArray(k.resources) ? k.resources : [];
+      const owner = k.owner && typeof k.owner === 'object' ? k.owner : { type: 'organization', id: '' };
       const holder = h('div', { class: 'history', role: 'region', 'aria-labelledby': histId, tabindex: '0' },
         h('div', { class: 'checks-empty', role: 'status' }, 'Loading history\u2026'));
       const closeBtn = h('button', { type: 'button', class: 'primary', onclick: () => this._closeDialog() }, 'Close');
@@ -1453,7 +1749,10 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
         h('dl', { class: 'facts' },
           h('dt', null, 'Key'), h('dd', null, h('code', { class: 'mask' }, k.mask || '')),
           h('dt', null, 'Status'), h('dd', null, h('span', { class: 'badge ' + status }, STATUS_LABEL[status] || String(status))),
+          h('dt', null, 'Owner'), h('dd', null, owner.type === 'user' ? 'User ' + String(owner.id) : 'Organization'),
           h('dt', null, 'Permissions'), h('dd', null, perms.length ? perms.join(', ') : 'None'),
+          h('dt', null, 'Roles'), h('dd', null, roles.length ? roles.join(', ') : 'None'),
+          h('dt', null, 'Resources'), h('dd', null, resources.length ? resources.join(', ') : 'Any'),
           h('dt', null, 'Created'), h('dd', null, timeEl(k.created_at, false)),
           h('dt', null, 'Expires'), h('dd', null, timeEl(k.expires_at, false))),
         h('h4', { id: histId, style: 'margin: 0; font-size: 14px; font-weight: 600;' }, 'History'),
@@ -1500,8 +1799,12 @@ fieldset legend { padding: 0; margin-bottom: 6px; }
           case 'key.expiry_changed':
             return key.expires_at ? h('span', null, 'Now expires ', timeEl(key.expires_at, false)) : 'No expiration';
           case 'key.permissions_changed':
-          case 'key.created':
-            return Array.isArray(key.permissions) && key.permissions.length ? key.permissions.join(', ') : 'No permissions';
+          case 'key.created': {
+            const parts = [Array.isArray(key.permissions) && key.permissions.length ? key.permissions.join(', ') : 'No permissions'];
+            if (Array.isArray(key.roles) && key.roles.length) parts.push('roles ' + key.roles.join(', '));
+            if (Array.isArray(key.resources) && key.resources.length) parts.push('only ' + key.resources.join(', '));
+            return parts.join('; ');
+          }
           case 'key.expiring':
             return key.expires_at ? h('span', null, 'Expires ', timeEl(key.expires_at, true)) : '';
           default:

@@ -67,7 +67,8 @@ func TestScriptHasEveryRequiredLabel(t *testing.T) {
 	literals := []string{
 		"Create API key", "Name", "Expires", "Never", "30 days", "90 days", "1 year", "Create",
 		"Copy", "Done", "Rotate", "Immediately", "1 hour", "24 hours", "7 days", "Rotate key",
-		"Edit permissions", "Save", "Revoke", "Revoke key", "Retry", "Load more", "Cancel",
+		"Edit permissions", "Save", "Revoke", "Revoke key", "Retry", "Previous page", "Next page", "Cancel",
+		"Roles", "Resources", "Owner", "Search keys", "Search", "Clear filters", "Member user id", "Your API keys",
 		"Your session has expired. Refresh the page to continue.",
 		"Copy this key now and keep it somewhere safe. It will not be shown again.",
 		"keyd-session-expired", "session-token", "api-base", "org-id", "keyd-api-keys",
@@ -85,7 +86,8 @@ func TestScriptHasEveryRequiredLabel(t *testing.T) {
 		"document.currentScript", "/v1/permissions", "/v1/widget/session", "/v1/orgs/",
 		"min_sequence", "next_cursor", "grace_period_seconds", "expires_at", "Authorization",
 		"'Bearer '", "composed: true", "bubbles: true", "navigator.clipboard", "execCommand('copy')",
-		"status === 'active'", "limit: String(PAGE_SIZE)", "const PAGE_SIZE = 20",
+		"status === 'active'", "limit: String(PAGE_SIZE)", "const PAGE_SIZE = 10", "/v1/roles",
+		"owner_id", "owner_type", "'permission'", "role: 'search'", "cursor",
 	}
 	for _, f := range fragments {
 		if !strings.Contains(src, f) {

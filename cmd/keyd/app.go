@@ -180,6 +180,7 @@ func (a *App) start(ctx context.Context, nc, cmdNC *nats.Conn, httpLn net.Listen
 	a.Service = &domain.Service{
 		Store: a.Store, Idempotency: idem, Catalogs: catalogs, Digester: digester, Prefix: a.cfg.KeyPrefix,
 		Now: time.Now, Rand: rand.Reader, OrgKeys: a.orgKeys,
+		Keys: postgres.UserKeys{Reads: a.Reads, StreamLast: a.Store.LastSequence},
 	}
 	// Expiry notices, beside the projection leader (projections/notices.go);
 	// they read keys through a.Store, which checks every event it returns.
