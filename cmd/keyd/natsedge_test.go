@@ -99,7 +99,10 @@ func TestReplyIntoTheEventStreamRefused(t *testing.T) {
 	if err := client.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	for {
+	// Until quiet, or for 2 s: idle stream tails ask for the stream's
+	// state every StallAfter/2 (their watchdog), so ">" is never quiet
+	// for long; keyd's reply to a request comes at once, not later.
+	for drainUntil := time.Now().Add(2 * time.Second); time.Now().Before(drainUntil); {
 		m, err := caught.NextMsg(300 * time.Millisecond)
 		if err != nil {
 			break
