@@ -12,6 +12,7 @@
 //	revocation_propagation  revoke command sent → 8 verifiers (one in a keyd serve process) reject the key; floor: a JetStream publish reaching 8 ordered consumers
 //	command_throughput      key creations/s over NATS from 32 clients; floor: raw JetStream publishes with the same expected-sequence header
 //	projection_catchup      events/s projected into empty read models; floor: the same final rows upserted straight into Postgres
+//	projection_burst        lag of the read models behind a sustained burst of creations (2,000/s); floor: an ordered consumer following the same burst
 //	verifier_boot           seconds (and heap bytes per key) to boot a verifier from the Postgres snapshot; floor: reading the same rows into nothing
 //	verify_scale            boot time, heap bytes per key and Verify ns at 10,000 to 10,000,000 keys; floors: the raw read, digest + map lookup
 //
@@ -71,6 +72,10 @@ type Options struct {
 	CommandDuration time.Duration
 	// CatchUpEvents is the length of the stream projection_catchup replays.
 	CatchUpEvents int
+	// BurstRate is the creations/s projection_burst appends, for
+	// BurstDuration.
+	BurstRate     int
+	BurstDuration time.Duration
 	// BootRuns is how often verifier_boot boots (and reads), best taken.
 	BootRuns int
 	// LatencySaturation is how long verify_latency loads the fixed reply
@@ -104,6 +109,8 @@ func FullOptions() Options {
 		CommandClients:   32,
 		CommandDuration:  10 * time.Second,
 		CatchUpEvents:    100_000,
+		BurstRate:        2000,
+		BurstDuration:    10 * time.Second,
 		BootRuns:         3,
 
 		LatencySaturation:   3 * time.Second,
@@ -129,6 +136,8 @@ func QuickOptions() Options {
 		CommandClients:   32,
 		CommandDuration:  2 * time.Second,
 		CatchUpEvents:    10_000,
+		BurstRate:        2000,
+		BurstDuration:    3 * time.Second,
 		BootRuns:         2,
 
 		LatencySaturation:   500 * time.Millisecond,
@@ -223,6 +232,7 @@ var scenarios = []scenario{
 	{"role_propagation", "role redefined → every verifier gives the new verdict", runRolePropagation},
 	{"command_throughput", "key creations/s over NATS", runCommandThroughput},
 	{"projection_catchup", "events/s projected into empty read models", runCatchUp},
+	{"projection_burst", "lag of the read models behind a sustained burst of creations", runBurst},
 	{"verifier_boot", "seconds to boot a verifier from the Postgres snapshot", runVerifierBoot},
 	{"verify_scale", "boot, bytes per key and Verify ns at growing key counts", runVerifyScale},
 }
@@ -230,7 +240,7 @@ var scenarios = []scenario{
 // runOrder runs the scenarios that share the verification snapshot one
 // after the other, so it is loaded once.
 var runOrder = []string{"verify_inprocess", "verify_inprocess_roles", "verify_http", "verify_latency", "verifier_boot",
-	"revocation_propagation", "role_propagation", "command_throughput", "projection_catchup", "verify_scale"}
+	"revocation_propagation", "role_propagation", "command_throughput", "projection_catchup", "projection_burst", "verify_scale"}
 
 // Names returns the scenario names, in report order.
 func Names() []string {
@@ -426,6 +436,8 @@ func detail(r Result) string {
 	case "projection_catchup":
 		return fmt.Sprintf("%v events (%v keys created, then revoked): projector %v s, raw upserts %v s",
 			p["events"], p["keys"], p["seconds"], p["floor_seconds"])
+	case "projection_burst":
+		return burstDetail(p)
 	case "verify_latency":
 		out := fmt.Sprintf("fixed reply saturates at %v req/s;", human(num(p["saturation_rps"])))
 		for _, load := range latencyLoads {

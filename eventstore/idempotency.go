@@ -102,6 +102,8 @@ const maxCASRounds = 5
 
 // Reserve records keyID for (org, key) unless a live record exists; then it
 // returns that record and reserved=false.
+// A write the server refuses for lack of space is an error that errors.Is
+// ErrNoSpace (nothing was stored; see JetStream), as in Replace.
 func (s *KVIdempotency) Reserve(ctx context.Context, org, key, keyID string, now time.Time) (domain.IdempotencyRecord, bool, error) {
 	k, err := idemKey(org, key)
 	if err != nil {
@@ -116,7 +118,7 @@ func (s *KVIdempotency) Reserve(ctx context.Context, org, key, keyID string, now
 			return rec, true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return domain.IdempotencyRecord{}, false, fmt.Errorf("eventstore: reserving idempotency record %s: %w", k, err)
+			return domain.IdempotencyRecord{}, false, mapNoSpace(fmt.Errorf("eventstore: reserving idempotency record %s: %w", k, err))
 		}
 		cur, ok, err := s.get(ctx, k)
 		if err != nil {
@@ -134,7 +136,7 @@ func (s *KVIdempotency) Reserve(ctx context.Context, org, key, keyID string, now
 			return rec, true, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-			return domain.IdempotencyRecord{}, false, fmt.Errorf("eventstore: reserving idempotency record %s: %w", k, err)
+			return domain.IdempotencyRecord{}, false, mapNoSpace(fmt.Errorf("eventstore: reserving idempotency record %s: %w", k, err))
 		}
 	}
 	return domain.IdempotencyRecord{}, false, fmt.Errorf("eventstore: reserving idempotency record %s: changed by others %d times in a row", k, maxCASRounds)
@@ -155,7 +157,7 @@ func (s *KVIdempotency) Replace(ctx context.Context, org, key string, old domain
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("eventstore: replacing idempotency record %s: %w", k, err)
+		return false, mapNoSpace(fmt.Errorf("eventstore: replacing idempotency record %s: %w", k, err))
 	}
 	return true, nil
 }

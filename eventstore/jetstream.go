@@ -21,9 +21,30 @@ import (
 // may be retried with the same MsgIDs).
 var ErrUnavailable = errors.New("eventstore: unavailable")
 
+// ErrNoSpace is wrapped by the error of a write the server refused for lack
+// of space (see noSpace): nothing was stored. Such an error also carries a
+// *domain.Error, unavailable, whose message says so (NoSpaceMessage).
+var ErrNoSpace = errors.New("eventstore: out of space, nothing stored")
+
+// NoSpaceMessage is what a caller is told when the event store refused a
+// write for lack of space.
+const NoSpaceMessage = "the event store is out of space (its storage limit is reached): nothing was stored; retry once space has been freed"
+
 // Server error codes this package interprets, beyond those nats.go names
 // (jetstream.JSErrCode...).
 const (
+	// Refusals for lack of space (nats-server's jetstream_errors): the
+	// account's JetStream limit; the server's max_file_store or
+	// max_memory_store (503 "insufficient resources", answered before a
+	// message is stored or, on a cluster, proposed); storage or memory the
+	// server cannot reserve; and a store failure, which names the stream's
+	// own limit it hit (with DiscardNew) in its description.
+	codeAccountResourcesExceeded = 10002
+	codeInsufficientResources    = 10023
+	codeMemoryResourcesExceeded  = 10028
+	codeStorageResourcesExceeded = 10047
+	codeStreamStoreFailed        = 10077
+
 	codeDuplicateInProcess  = 10158 // a message with this Msg-Id is still being stored
 	codeBatchDuplicateMsgID = 10201 // a batch carries a Msg-Id the stream already holds
 	codeBatchIncomplete     = 10176 // a batch message was lost; nothing stored
@@ -59,6 +80,13 @@ const (
 //     caller finds its own command on the subject when it reloads. An append
 //     that still has no answer is an error that errors.Is ErrUnavailable: its
 //     outcome is unknown.
+//   - An append the server refuses for lack of space (its, the account's or
+//     the stream's storage limit: noSpace) is not retried: it is an error
+//     that errors.Is ErrNoSpace and carries a *domain.Error, unavailable,
+//     saying that the store is out of space and nothing was stored. (When
+//     an earlier attempt of the same append may have landed, such a refusal
+//     settles nothing, a cluster checking its limits before the Msg-Id: the
+//     append is retried and may end as an unknown outcome.)
 //   - Last is one direct get of the subject's last message, whatever the
 //     length of the stream (no scan). On a replicated stream a direct get may
 //     be answered by a follower a little behind the leader: a stale read
@@ -197,6 +225,7 @@ func (s *JetStream) Append(ctx context.Context, msgs ...domain.AppendMsg) (uint6
 	}
 	var lastErr error
 	wait := s.backoff
+	mayHaveLanded := false // an earlier attempt may have been stored
 	for attempt := 1; attempt <= s.attempts; attempt++ {
 		if attempt > 1 {
 			select {
@@ -212,12 +241,15 @@ func (s *JetStream) Append(ctx context.Context, msgs ...domain.AppendMsg) (uint6
 		switch {
 		case err == nil || errors.Is(err, domain.ErrConflict):
 			return seq, err
+		case noSpace(err) && !mayHaveLanded:
+			return 0, noSpaceError(fmt.Errorf("append to %s (%d messages, first MsgID %s): %w", msgs[0].Subject, len(msgs), msgs[0].MsgID, err))
 		case ctx.Err() != nil:
 			// The caller gave up while the attempt was out: it may have landed.
 			return 0, s.unknownOutcome(msgs, attempt, errors.Join(err, ctx.Err()))
 		case !retryable(err):
 			return 0, err
 		}
+		mayHaveLanded = mayHaveLanded || !notStored(err)
 		lastErr = err
 	}
 	return 0, s.unknownOutcome(msgs, s.attempts, lastErr)
@@ -245,6 +277,52 @@ func retryable(err error) bool {
 		return apiErr.Code == 503
 	}
 	return false
+}
+
+// noSpace reports whether err is the server's refusal of a write for lack
+// of space: nothing was stored.
+func noSpace(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	switch apiErr.ErrorCode {
+	case codeAccountResourcesExceeded, codeInsufficientResources, codeMemoryResourcesExceeded, codeStorageResourcesExceeded:
+		return true
+	case codeStreamStoreFailed:
+		// nats-server's ErrMaxBytes, ErrMaxMsgs, ErrMaxMsgsPerSubject: the
+		// stream's limits (KEYD_EVENTS discards new messages, not old ones).
+		return strings.HasPrefix(apiErr.Description, "maximum bytes exceeded") ||
+			strings.HasPrefix(apiErr.Description, "maximum messages exceeded") ||
+			strings.HasPrefix(apiErr.Description, "maximum messages per subject exceeded")
+	}
+	return false
+}
+
+// noSpaceError is the error of a write refused for lack of space (err):
+// ErrNoSpace, and unavailable with NoSpaceMessage for the caller.
+func noSpaceError(err error) error {
+	return domain.Wrap(fmt.Errorf("%w: %w", ErrNoSpace, err), domain.EUnavailable, NoSpaceMessage)
+}
+
+// mapNoSpace returns noSpaceError(err) when err is the server's refusal for
+// lack of space, else err: for writes of keyd's buckets (idempotency
+// records), whose outcome a refusal settles.
+func mapNoSpace(err error) error {
+	if err != nil && noSpace(err) {
+		return noSpaceError(err)
+	}
+	return err
+}
+
+// notStored reports whether a retryable err says that its attempt was not
+// stored: it reached no server, or the server dropped it.
+func notStored(err error) bool {
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) || noSpace(err) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == codeBatchIncomplete
 }
 
 func isWrongLastSeq(err error) bool {

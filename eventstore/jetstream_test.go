@@ -580,3 +580,118 @@ func benchLast(b *testing.B, subjects int, opts ...Option) {
 		}
 	}
 }
+
+// TestJetStreamOutOfSpace: an append the server refuses for lack of space
+// (the stream's own limit with DiscardNew, and the server's max_file_store)
+// is sent once, not retried as if its outcome were unknown, and says that
+// the store is out of space and nothing was stored; an idempotency record
+// refused the same way says so too.
+func TestJetStreamOutOfSpace(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	check := func(t *testing.T, what string, err error) {
+		t.Helper()
+		var de *domain.Error
+		if !errors.Is(err, ErrNoSpace) || errors.Is(err, ErrUnavailable) || !errors.As(err, &de) ||
+			de.Code != domain.EUnavailable || de.Message != NoSpaceMessage {
+			t.Fatalf("%s on a full store: %v (code %q); want ErrNoSpace, not ErrUnavailable, unavailable %q", what, err, domain.ErrorCode(err), NoSpaceMessage)
+		}
+	}
+	// attempts counts the publishes of an append that reach the server.
+	attempts := func(t *testing.T, nc *nats.Conn, f func()) int {
+		t.Helper()
+		sub, err := nc.SubscribeSync(domain.EventSubjects)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Unsubscribe()
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		f()
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for {
+			if _, err := sub.NextMsg(100 * time.Millisecond); err != nil {
+				return n
+			}
+			n++
+		}
+	}
+
+	t.Run("stream limit", func(t *testing.T) {
+		f := newFixture(t)
+		s := NewJetStream(f.js, f.nc, f.stream, WithSigner(testSigner), WithRetry(4, time.Second, 50*time.Millisecond))
+		cfg := f.stream.CachedInfo().Config
+		cfg.MaxMsgs = 1
+		if _, err := f.js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Append(ctx, appendOf(domain.KeySubject("o", "k0"), 0, "fits", domain.EventKeyCreated)); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if n := attempts(t, f.nc, func() {
+			_, err = s.Append(ctx, appendOf(domain.KeySubject("o", "k1"), 0, "full-1", domain.EventKeyCreated))
+		}); n != 1 {
+			t.Errorf("the append was sent %d times; want once", n)
+		}
+		check(t, "Append", err)
+		_, err = s.Append(ctx, appendOf(domain.KeySubject("o", "k2"), 0, "full-2", domain.EventKeyCreated), appendOf(domain.KeySubject("o", "k3"), 0, "full-3", domain.EventKeyCreated))
+		check(t, "batch Append", err)
+		info, err := f.stream.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.LastSeq != 1 {
+			t.Fatalf("the stream holds up to sequence %d after refused appends; want 1", info.State.LastSeq)
+		}
+	})
+
+	t.Run("server max_file_store", func(t *testing.T) {
+		srv, err := server.NewServer(&server.Options{
+			JetStream: true, StoreDir: t.TempDir(), JetStreamMaxStore: 64 << 10,
+			Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go srv.Start()
+		if !srv.ReadyForConnections(10 * time.Second) {
+			t.Fatal("nats-server not ready")
+		}
+		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+		nc, js := connect(t, srv.ClientURL())
+		st, err := EnsureStream(ctx, js, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idem, err := NewKVIdempotency(ctx, js, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := NewJetStream(js, nc, st, WithSigner(testSigner), WithRetry(4, time.Second, 50*time.Millisecond))
+		data := strings.Repeat("x", 1024)
+		var full error
+		for i := 0; full == nil; i++ {
+			if i > 1000 {
+				t.Fatal("64 KiB of store never filled up")
+			}
+			a := appendOf(domain.KeySubject("o", fmt.Sprintf("k%d", i)), 0, fmt.Sprintf("fill-%d", i), domain.EventKeyCreated)
+			a.Data = []byte(`{"pad":"` + data + `"}`)
+			_, full = s.Append(ctx, a)
+		}
+		check(t, "Append", full)
+		var err1 error
+		if n := attempts(t, nc, func() {
+			_, err1 = s.Append(ctx, appendOf(domain.KeySubject("o", "more"), 0, "more", domain.EventKeyCreated))
+		}); n != 1 {
+			t.Errorf("the append was sent %d times; want once", n)
+		}
+		check(t, "Append", err1)
+		_, _, err = idem.Reserve(ctx, "o", "idem-key", "key_1", time.Now())
+		check(t, "idempotency Reserve", err)
+	})
+}

@@ -23,15 +23,20 @@ import (
 // stream, the stream leader dies (its routes cut first, so the others get
 // no shutdown notice, as after kill -9, and keep counting it online for a
 // while); a key is revoked through a surviving node; every verifier (two
-// per node) answers revoked within a second of the revoke's reply. Several
-// rounds, the dead node coming back between them. Without the tail's
-// watchdog, an ordered consumer re-created on the dead node stalls its
-// verifier until that node returns (the reliability review's P1).
+// per node) answers revoked within a few seconds of the revoke's reply.
+// Several rounds, the dead node coming back between them. Without the
+// tail's watchdog, an ordered consumer re-created on the dead node stalls
+// its verifier until that node returns (the reliability review's P1: 60 s
+// and more here). The bound is generous because this test shares two cores
+// with the whole race-built suite (a worst case of 3.7 s was seen then, 442 ms
+// when quiet); the promise itself, p99 under 1 s on every process, is
+// measured and asserted by the fault suite (TestFaultStreamLeaderKill,
+// docs/reliability.md).
 func TestRevocationThroughLeaderFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills the stream leader of a 3-node cluster, several times")
 	}
-	const rounds, perNode, bound = 4, 2, time.Second
+	const rounds, perNode, bound = 4, 2, 10 * time.Second
 	nodes := testenv.StartNATSNodes(t, 3, 0)
 	urls := nodes.URLs()
 	connect := func(t *testing.T, first int) *nats.Conn {
