@@ -217,17 +217,29 @@ accounts {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The subscription must be at the server before the request is sent,
+	// or the request can pass before it (seen under load).
+	if err := keydNC.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	appNC, err := nats.Connect("nats://app:app-pw@" + addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer appNC.Close()
 	m, err := appNC.Request("keyd.cmd.keys.orgA.create", []byte(`{"name":"k"}`), 5*time.Second)
-	if err != nil || !strings.Contains(string(m.Data), `"secret"`) {
-		t.Fatalf("a request through a service import: %v %q", err, m.Data)
+	if err != nil {
+		t.Fatalf("a request through a service import: %v", err)
 	}
-	if in, err := seen.NextMsg(5 * time.Second); err != nil || !strings.HasPrefix(in.Reply, "_R_.") {
-		t.Errorf("the request reached keyd with reply %q (%v), want _R_.…", in.Reply, err)
+	if !strings.Contains(string(m.Data), `"secret"`) {
+		t.Fatalf("a request through a service import answered %q", m.Data)
+	}
+	in, err := seen.NextMsg(5 * time.Second)
+	if err != nil {
+		t.Fatalf("the request was not seen on keyd.cmd.> in keyd's account: %v", err)
+	}
+	if !strings.HasPrefix(in.Reply, "_R_.") {
+		t.Errorf("the request reached keyd with reply %q, want _R_.…", in.Reply)
 	}
 	if got := w.refused(metrics.RefusedReplySubject); got != 0 {
 		t.Errorf("refused %v", got)
