@@ -128,8 +128,12 @@ func TestMinSequenceWaitsShareOneWatcher(t *testing.T) {
 	if watcherQueries < 1 {
 		t.Errorf("the watcher sent no query in %s", window)
 	}
-	if empty := pool.Stat().EmptyAcquireCount() - emptyBefore; empty != 0 {
-		t.Errorf("other tenants' reads waited %d times for a Postgres connection while the waits were parked", empty)
+	// Parked waits hold no connection: if they did, nearly every probe
+	// would find the pool empty. An occasional empty acquire is the
+	// watcher's own query meeting a probe (or the pool replacing a
+	// connection) on a loaded machine, not a parked wait.
+	if empty := pool.Stat().EmptyAcquireCount() - emptyBefore; empty > int64(probes)/10 {
+		t.Errorf("other tenants' reads waited %d times (of %d reads) for a Postgres connection while the waits were parked", empty, probes)
 	}
 	if n := refusedEarly.Load(); n != 0 {
 		t.Errorf("%d of the parked waits were answered early", n)
