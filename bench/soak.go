@@ -10,10 +10,13 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/keyd-dev/keyd/domain"
 )
@@ -30,13 +33,26 @@ type SoakOptions struct {
 	CreatesPerSec, RevokesPerSec, ListsPerSec float64
 	VerifyClients                             int
 	VerifyPause                               time.Duration
+	// Keys, when above 0, fixes the key set: the soak first creates Keys
+	// keys, then sends no creates or revokes but UpdatesPerSec updates (a
+	// random key gets a new random metadata map and, half the time, a new
+	// name), so that with the data's size constant only a leak can grow.
+	Keys          int
+	UpdatesPerSec float64
+	// HeapProfile, when not empty, is a path prefix: after each interval's
+	// forced GC the soak writes the heap profile to
+	// HeapProfile-<interval number>.pprof (1, 2, …), for
+	// go tool pprof -diff_base.
+	HeapProfile string
 }
 
 // DefaultSoakOptions is the load of keyd bench --soak: 20 creates, 10
-// revokes and 5 lists a second, 4 verify clients with a 1 ms pause.
+// revokes and 5 lists a second, 4 verify clients with a 1 ms pause; with a
+// fixed key set (Keys > 0), 30 updates a second in place of the creates and
+// revokes.
 func DefaultSoakOptions(d time.Duration) SoakOptions {
 	return SoakOptions{Duration: d, Interval: time.Minute, CreatesPerSec: 20, RevokesPerSec: 10, ListsPerSec: 5,
-		VerifyClients: 4, VerifyPause: time.Millisecond}
+		VerifyClients: 4, VerifyPause: time.Millisecond, UpdatesPerSec: 30}
 }
 
 // SoakSample is one interval's figures. Memory, goroutines and fds are the
@@ -47,6 +63,7 @@ type SoakSample struct {
 	Minute      float64                  `json:"minute"` // since the start
 	RSSBytes    int64                    `json:"rss_bytes"`
 	HeapBytes   uint64                   `json:"heap_alloc_bytes"`
+	LiveBytes   uint64                   `json:"heap_live_bytes"` // heap after a forced GC
 	Goroutines  int                      `json:"goroutines"`
 	FDs         int                      `json:"fds"`
 	Sockets     int                      `json:"sockets"`
@@ -63,8 +80,12 @@ type SoakOpFigures struct {
 	P99    float64 `json:"p99_ms"`
 }
 
-// soakOps are the operations, in report order.
-var soakOps = []string{"create", "revoke", "verify", "list"}
+// soakOps are the operations, in report order: those of a growing key set
+// and those of a fixed one.
+var (
+	soakOps      = []string{"create", "revoke", "verify", "list"}
+	soakFixedOps = []string{"update", "verify", "list"}
+)
 
 // Soak runs a steady mixed load (creates and revokes over NATS, verifies
 // and lists over HTTP) against an in-process keyd on an embedded NATS
@@ -72,7 +93,8 @@ var soakOps = []string{"create", "revoke", "verify", "list"}
 // o.Duration, and prints one line of figures per o.Interval to out: memory
 // (RSS, heap), goroutines, open fds and sockets, NATS connections, and
 // latency p50/p99 per operation. It returns the samples. A soak shows
-// leaks: every figure but the keys created should stay flat.
+// leaks: every figure but the keys created should stay flat, and with a
+// fixed key set (o.Keys > 0) every figure, memory included.
 func Soak(ctx context.Context, env Env, o SoakOptions, out io.Writer) ([]SoakSample, error) {
 	tmp, err := os.MkdirTemp("", "keyd-soak-")
 	if err != nil {
@@ -106,12 +128,25 @@ func Soak(ctx context.Context, env Env, o SoakOptions, out io.Writer) ([]SoakSam
 	}
 	base := "http://" + k.HTTPAddr
 	client := &http.Client{Timeout: 10 * time.Second}
-	s := &soak{lat: map[string][]time.Duration{}, errs: map[string]int{}}
-
-	fmt.Fprintf(out, "keyd bench --soak %s: %g creates/s, %g revokes/s, %g lists/s, %d verify clients; a line every %s\n",
-		o.Duration, o.CreatesPerSec, o.RevokesPerSec, o.ListsPerSec, o.VerifyClients, o.Interval)
-	fmt.Fprintf(out, "%6s %9s %9s %6s %5s %5s %5s %7s", "m:ss", "rss_MB", "heap_MB", "gorout", "fds", "socks", "natsc", "keys")
-	for _, op := range soakOps {
+	org := "soak-org"
+	ops := soakOps
+	if o.Keys > 0 {
+		ops = soakFixedOps
+	}
+	s := &soak{ops: ops, lat: map[string][]time.Duration{}, errs: map[string]int{}}
+	if o.Keys > 0 {
+		start := time.Now()
+		if err := s.seed(ctx, nc, org, o.Keys); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(out, "keyd bench --soak %s --soak-keys %d: %d keys created in %s; then %g updates/s, %g lists/s, %d verify clients; a line every %s\n",
+			o.Duration, o.Keys, o.Keys, time.Since(start).Round(time.Millisecond), o.UpdatesPerSec, o.ListsPerSec, o.VerifyClients, o.Interval)
+	} else {
+		fmt.Fprintf(out, "keyd bench --soak %s: %g creates/s, %g revokes/s, %g lists/s, %d verify clients; a line every %s\n",
+			o.Duration, o.CreatesPerSec, o.RevokesPerSec, o.ListsPerSec, o.VerifyClients, o.Interval)
+	}
+	fmt.Fprintf(out, "%6s %9s %9s %9s %6s %5s %5s %5s %7s", "m:ss", "rss_MB", "heap_MB", "live_MB", "gorout", "fds", "socks", "natsc", "keys")
+	for _, op := range ops {
 		fmt.Fprintf(out, " %22s", op+" n/p50/p99 ms")
 	}
 	fmt.Fprintln(out)
@@ -136,24 +171,18 @@ func Soak(ctx context.Context, env Env, o SoakOptions, out io.Writer) ([]SoakSam
 			}
 		})
 	}
-	org := "soak-org"
-	paced(o.CreatesPerSec, func() {
-		var res domain.CreateKeyResult
-		start := time.Now()
-		err := request(lctx, nc, "keyd.cmd.keys."+org+".create", map[string]any{"name": "soak key", "permissions": []string{benchPermission}}, &res)
-		s.record(lctx, "create", start, err)
-		if err == nil {
-			s.add(res.Key.ID, res.Secret)
-		}
-	})
-	paced(o.RevokesPerSec, func() {
-		id := s.takeToRevoke()
-		if id == "" {
-			return
-		}
-		start := time.Now()
-		s.record(lctx, "revoke", start, request(lctx, nc, "keyd.cmd.keys."+org+".revoke", map[string]any{"key_id": id}, nil))
-	})
+	if o.Keys > 0 {
+		paced(o.UpdatesPerSec, func() {
+			id := s.randomID()
+			if id == "" {
+				return
+			}
+			start := time.Now()
+			s.record(lctx, "update", start, request(lctx, nc, "keyd.cmd.keys."+org+".update", randomUpdate(id), nil))
+		})
+	} else {
+		s.growing(lctx, paced, nc, org, o)
+	}
 	paced(o.ListsPerSec, func() {
 		start := time.Now()
 		s.record(lctx, "list", start, httpOK(lctx, client, "GET", base+"/v1/orgs/"+org+"/keys?limit=20", r.adminToken, nil))
@@ -191,10 +220,16 @@ func Soak(ctx context.Context, env Env, o SoakOptions, out io.Writer) ([]SoakSam
 		lastSample = time.Now()
 		sm := s.sample(time.Since(begin), w.ns.NumClients())
 		samples = append(samples, sm)
+		if o.HeapProfile != "" {
+			if err := writeHeapProfile(fmt.Sprintf("%s-%d.pprof", o.HeapProfile, len(samples))); err != nil {
+				return samples, err
+			}
+		}
 		el := time.Duration(sm.Minute * float64(time.Minute)).Round(time.Second)
-		fmt.Fprintf(out, "%6s %9.1f %9.1f %6d %5d %5d %5d %7d", fmt.Sprintf("%d:%02d", int(el.Minutes()), int(el.Seconds())%60), float64(sm.RSSBytes)/(1<<20), float64(sm.HeapBytes)/(1<<20),
+		fmt.Fprintf(out, "%6s %9.1f %9.1f %9.1f %6d %5d %5d %5d %7d", fmt.Sprintf("%d:%02d", int(el.Minutes()), int(el.Seconds())%60),
+			float64(sm.RSSBytes)/(1<<20), float64(sm.HeapBytes)/(1<<20), float64(sm.LiveBytes)/(1<<20),
 			sm.Goroutines, sm.FDs, sm.Sockets, sm.NATSClients, sm.Keys)
-		for _, op := range soakOps {
+		for _, op := range ops {
 			f := sm.Ops[op]
 			fmt.Fprintf(out, " %22s", fmt.Sprintf("%d/%.2f/%.2f", f.N, f.P50, f.P99))
 			if f.Errors > 0 {
@@ -211,9 +246,78 @@ func Soak(ctx context.Context, env Env, o SoakOptions, out io.Writer) ([]SoakSam
 	return samples, nil
 }
 
+// growing starts the load of a growing key set: paced creates and revokes.
+func (s *soak) growing(ctx context.Context, paced func(float64, func()), nc *nats.Conn, org string, o SoakOptions) {
+	paced(o.CreatesPerSec, func() {
+		var res domain.CreateKeyResult
+		start := time.Now()
+		err := request(ctx, nc, "keyd.cmd.keys."+org+".create", map[string]any{"name": "soak key", "permissions": []string{benchPermission}}, &res)
+		s.record(ctx, "create", start, err)
+		if err == nil {
+			s.add(res.Key.ID, res.Secret)
+		}
+	})
+	paced(o.RevokesPerSec, func() {
+		id := s.takeToRevoke()
+		if id == "" {
+			return
+		}
+		start := time.Now()
+		s.record(ctx, "revoke", start, request(ctx, nc, "keyd.cmd.keys."+org+".revoke", map[string]any{"key_id": id}, nil))
+	})
+}
+
+// seed creates n keys (the fixed key set) as fast as 8 concurrent
+// requesters go; the first failure stops it and is returned.
+func (s *soak) seed(ctx context.Context, nc *nats.Conn, org string, n int) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range next {
+				var res domain.CreateKeyResult
+				if err := request(ctx, nc, "keyd.cmd.keys."+org+".create", map[string]any{"name": "soak key", "permissions": []string{benchPermission}}, &res); err != nil {
+					cancel(fmt.Errorf("creating the soak's keys: %w", err))
+					continue
+				}
+				s.add(res.Key.ID, res.Secret)
+			}
+		})
+	}
+	for range n {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- struct{}{}
+	}
+	close(next)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// soakMetadataKeys are the metadata keys an update draws from.
+var soakMetadataKeys = []string{"team", "env", "tier", "region", "owner", "plan"}
+
+// randomUpdate is an update command for key id: a new metadata map of 1 to
+// 4 entries with random values and, half the time, a new name.
+func randomUpdate(id string) map[string]any {
+	md := map[string]string{}
+	for range 1 + rand.IntN(4) {
+		md[soakMetadataKeys[rand.IntN(len(soakMetadataKeys))]] = strconv.FormatUint(rand.Uint64(), 36)
+	}
+	u := map[string]any{"key_id": id, "metadata": md}
+	if rand.IntN(2) == 0 {
+		u["name"] = "soak key " + strconv.Itoa(rand.IntN(1_000_000))
+	}
+	return u
+}
+
 // soak is a soak's shared state: the keys created (to verify and revoke)
 // and the current interval's latencies.
 type soak struct {
+	ops     []string // reported, in order
 	mu      sync.Mutex
 	ids     []string // not yet revoked
 	secrets []string // the last 10,000 created
@@ -250,6 +354,16 @@ func (s *soak) takeToRevoke() string {
 	return id
 }
 
+// randomID returns a random created, unrevoked key id ("" if none).
+func (s *soak) randomID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.ids) == 0 {
+		return ""
+	}
+	return s.ids[rand.IntN(len(s.ids))]
+}
+
 func (s *soak) randomSecret() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -281,10 +395,13 @@ func (s *soak) sample(el time.Duration, natsClients int) SoakSample {
 	s.mu.Unlock()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
+	heap := ms.HeapAlloc
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
 	fds, socks := openFDs()
-	sm := SoakSample{Minute: round(el.Minutes(), 3), RSSBytes: rss(), HeapBytes: ms.HeapAlloc, Goroutines: runtime.NumGoroutine(),
+	sm := SoakSample{Minute: round(el.Minutes(), 3), RSSBytes: rss(), HeapBytes: heap, LiveBytes: ms.HeapAlloc, Goroutines: runtime.NumGoroutine(),
 		FDs: fds, Sockets: socks, NATSClients: natsClients, Keys: created, Ops: map[string]SoakOpFigures{}}
-	for _, op := range soakOps {
+	for _, op := range s.ops {
 		l := latencies(lat[op]).sorted()
 		sm.Ops[op] = SoakOpFigures{N: len(l), Errors: errs[op], P50: ms2(l.pct(0.50)), P99: ms2(l.pct(0.99))}
 	}
@@ -342,4 +459,18 @@ func openFDs() (fds, sockets int) {
 		}
 	}
 	return fds, sockets
+}
+
+// writeHeapProfile writes the heap profile to path. Taken right after
+// sample's forced GC, its inuse figures are the live heap as of that GC.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("writing heap profile %s: %w", path, err)
+	}
+	return f.Close()
 }

@@ -36,12 +36,14 @@ func (m *Main) runBench(ctx context.Context, args []string) error {
 	scaleMax := fs.Bool("scale-max", false, fmt.Sprintf("verify_scale also at %s keys (minutes to write into Postgres, about 4 GiB of memory)", "10,000,000"))
 	soak := fs.Duration("soak", 0, "instead of the scenarios, run a steady mixed load (creates, revokes, verifies, lists) for this long, printing memory, goroutines, fds, connections and latencies per --soak-every")
 	soakEvery := fs.Duration("soak-every", time.Minute, "with --soak: how often to print a line of figures")
+	soakKeys := fs.Int("soak-keys", 0, "with --soak: first create this many keys, then keep the key set fixed (updates in place of creates and revokes), so that memory should stay flat; 0 lets the key set grow")
+	soakHeap := fs.String("soak-heapprofile", "", "with --soak: after each --soak-every line, write the heap profile (after a forced GC) to PREFIX-<line number>.pprof, for go tool pprof -diff_base")
 	// The components' info logs would drown the progress line.
 	c.LogLevel, fs.Lookup("log-level").DefValue = "warn", "warn"
 	fs.SetOutput(m.Stderr)
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: keyd bench [--quick] [--json FILE] [--only NAME[,NAME]] [--cpuprofile FILE] [--scale-max]
-       keyd bench --soak DURATION [--soak-every DURATION]
+       keyd bench --soak DURATION [--soak-every DURATION] [--soak-keys N] [--soak-heapprofile PREFIX]
 
 Runs keyd's benchmark scenarios, each beside a baseline measured in the same
 process on the same data, and prints a table (progress goes to stderr).
@@ -112,6 +114,11 @@ Scenarios:
 	if *soak > 0 {
 		o := bench.DefaultSoakOptions(*soak)
 		o.Interval = *soakEvery
+		if *soakKeys < 0 {
+			return fmt.Errorf("keyd bench: --soak-keys must be 0 or more, not %d", *soakKeys)
+		}
+		o.Keys = *soakKeys
+		o.HeapProfile = *soakHeap
 		_, err := bench.Soak(ctx, env, o, m.Stdout)
 		return err
 	}
