@@ -146,7 +146,8 @@ func withAttempts[T any](ctx context.Context, f func(context.Context) (T, error)
 		v, err := f(actx)
 		cancel()
 		if err == nil || ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) ||
-			errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)) {
+			errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+			noPeersYet(err)) {
 			return v, err
 		}
 		select {
@@ -156,4 +157,12 @@ func withAttempts[T any](ctx context.Context, f func(context.Context) (T, error)
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// noPeersYet reports JetStream's "no suitable peers for placement"
+// (err_code 10005): on a cluster that is still forming, the meta leader does
+// not know every peer yet; asking again a moment later succeeds.
+func noPeersYet(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10005
 }

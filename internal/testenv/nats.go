@@ -80,14 +80,19 @@ func ShutdownServer(s *server.Server) {
 }
 
 func startServer(opts *server.Options) (*server.Server, error) {
+	return startServerWithin(opts, natsStartTimeout)
+}
+
+// startServerWithin is startServer with its own bound on readiness.
+func startServerWithin(opts *server.Options, ready time.Duration) (*server.Server, error) {
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("nats server %s: %v", opts.ServerName, err)
 	}
 	go s.Start()
-	if !s.ReadyForConnections(natsStartTimeout) {
+	if !s.ReadyForConnections(ready) {
 		ShutdownServer(s)
-		return nil, fmt.Errorf("nats server %s not ready for connections after %s (port taken?)", opts.ServerName, natsStartTimeout)
+		return nil, fmt.Errorf("nats server %s not ready for connections after %s (port taken?)", opts.ServerName, ready)
 	}
 	if opts.JetStream {
 		if err := poll(natsStartTimeout, s.JetStreamEnabled); err != nil {

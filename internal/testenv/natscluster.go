@@ -116,14 +116,21 @@ func (c *NATSNodes) options(i int) *server.Options {
 	return o
 }
 
+// nodeReadyTimeout bounds one attempt to start a node.
+const nodeReadyTimeout = 5 * time.Second
+
 func (c *NATSNodes) start(i int) error {
 	o := c.options(i)
 	var s *server.Server
 	var err error
 	// The port was free a moment ago, or was this node's until its Kill:
 	// the kernel may need a moment to release it.
-	for attempt := 0; attempt < 50; attempt++ {
-		if s, err = startServer(o); err == nil {
+	// Each attempt waits at most nodeReadyTimeout for the node (a port
+	// taken meanwhile by another test's connection makes the server never
+	// ready), and all attempts together at most natsStartTimeout.
+	deadline := time.Now().Add(natsStartTimeout)
+	for attempt := 0; ; attempt++ {
+		if s, err = startServerWithin(o, nodeReadyTimeout); err == nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -239,7 +246,11 @@ func (c *NATSNodes) WaitCurrent(t testing.TB) {
 			if !s.JetStreamIsCurrent() {
 				return false
 			}
-			if c.n == 1 || s.JetStreamIsLeader() {
+			// The meta leader must also know every running node as a
+			// usable peer (online, with JetStream and stats), or an R3
+			// stream created now finds "no suitable peers for placement"
+			// (err_code 10005; seen under load).
+			if c.n == 1 || (s.JetStreamIsLeader() && len(s.JetStreamClusterPeers()) >= c.running()) {
 				leader = true
 			}
 		}
@@ -295,4 +306,17 @@ func (c *NATSNodes) askLeader(i int, stream string) int {
 		}
 	}
 	return -1
+}
+
+// running counts the nodes that are up.
+func (c *NATSNodes) running() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, s := range c.servers {
+		if s != nil {
+			n++
+		}
+	}
+	return n
 }
