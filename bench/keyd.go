@@ -19,6 +19,7 @@ import (
 
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/migrations"
+	"github.com/keyd-dev/keyd/verifier"
 )
 
 // startKeyd starts an in-process keyd on the world and the run's
@@ -231,4 +232,43 @@ func (p *remote) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+// fanout is what a propagation scenario measures: a keyd serve process
+// (polled over HTTP with poller) and embedded verifiers, all booted once the
+// read models held the stream up to lastSeq.
+type fanout struct {
+	lastSeq uint64
+	rem     *remote
+	local   []*verifier.Verifier
+	poller  *http.Client
+}
+
+// startFanout waits until the read models hold everything appended so far
+// (so every verifier boots from the same snapshot), then starts a keyd serve
+// process and n-1 embedded verifiers built from a verifier credential.
+// Everything is closed with w; the caller closes f.poller's idle connections.
+func (r *runner) startFanout(ctx context.Context, w *world, n int) (f fanout, err error) {
+	if f.lastSeq, err = w.streamLast(ctx); err != nil {
+		return f, err
+	}
+	if err := r.waitProjected(ctx, f.lastSeq); err != nil {
+		return f, err
+	}
+	r.phase("starting keyd serve in another process")
+	if f.rem, err = r.startServe(ctx, w); err != nil {
+		return f, err
+	}
+	for i := range n - 1 {
+		r.phase("starting embedded verifier %d of %d", i+1, n-1)
+		v, err := verifier.Connect(ctx, w.url, r.db.url, domain.NewVerifierCredential([]byte(r.secret)).String(), verifier.WithLogger(r.log),
+			verifier.WithNATSOptions(nats.Name(fmt.Sprintf("keyd bench verifier %d", i+1))))
+		if err != nil {
+			return f, err
+		}
+		w.onClose(v.Close)
+		f.local = append(f.local, v)
+	}
+	f.poller = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}, Timeout: 10 * time.Second}
+	return f, nil
 }

@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/keyd-dev/keyd/domain"
 	"github.com/keyd-dev/keyd/migrations"
 	"github.com/keyd-dev/keyd/verifier"
@@ -208,31 +206,12 @@ func runRolePropagation(ctx context.Context, r *runner) (Result, error) {
 	if err := request(ctx, client, "keyd.cmd.keys.bench-org.create", map[string]any{"name": "role holder", "roles": []string{"bench-role"}}, &key); err != nil {
 		return Result{}, err
 	}
-	lastSeq, err := w.streamLast(ctx)
+	f, err := r.startFanout(ctx, w, nVerifiers)
 	if err != nil {
 		return Result{}, err
 	}
-	if err := r.waitProjected(ctx, lastSeq); err != nil {
-		return Result{}, err
-	}
-	r.phase("starting keyd serve in another process")
-	rem, err := r.startServe(ctx, w)
-	if err != nil {
-		return Result{}, err
-	}
-	var local []*verifier.Verifier
-	for i := range nVerifiers - 1 {
-		r.phase("starting embedded verifier %d of %d", i+1, nVerifiers-1)
-		v, err := verifier.Connect(ctx, w.url, r.db.url, domain.NewVerifierCredential([]byte(r.secret)).String(), verifier.WithLogger(r.log),
-			verifier.WithNATSOptions(nats.Name(fmt.Sprintf("keyd bench verifier %d", i+1))))
-		if err != nil {
-			return Result{}, err
-		}
-		w.onClose(v.Close)
-		local = append(local, v)
-	}
-	poller := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableCompression: true}, Timeout: 10 * time.Second}
-	defer poller.CloseIdleConnections()
+	defer f.poller.CloseIdleConnections()
+	lastSeq, rem, local, poller := f.lastSeq, f.rem, f.local, f.poller
 
 	base := time.Now()
 	since := func() int64 { return int64(time.Since(base)) }
